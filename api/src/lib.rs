@@ -1,0 +1,111 @@
+//! TxDx REST API.
+//!
+//! [`build_app`] wires the router used by `main` and by the tests alike.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    http::{HeaderName, HeaderValue, Method, header},
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use shared::{PgPool, config::Config};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    services::ServeDir,
+    trace::TraceLayer,
+};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+/// Problem+json errors: the only place that maps failures to statuses.
+pub mod error;
+/// Extractors with problem+json rejections.
+pub mod extract;
+/// The OpenAPI document.
+pub mod openapi;
+/// Handlers, one module per resource.
+pub mod routes;
+/// Handler state.
+pub mod state;
+
+use error::ApiError;
+use state::AppState;
+
+/// Request bodies above this size are refused with 413.
+pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The documented router (no state yet) and its OpenAPI document.
+pub fn router_with_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(routes::api_routes())
+        .split_for_parts()
+}
+
+/// The whole application: documented routes, Swagger UI at `/api/docs`, the
+/// static frontend at `/`, problem+json fallbacks, and the middleware stack.
+pub fn build_app(pool: PgPool, config: Arc<Config>, metrics: PrometheusHandle) -> Router {
+    let (router, api) = router_with_doc();
+    let frontend = ServeDir::new(&config.frontend_dir).append_index_html_on_directories(true);
+    let cors = cors_layer(&config.cors_origins);
+    let state = AppState {
+        pool,
+        config,
+        metrics,
+    };
+    router
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", api))
+        .nest_service("/app", frontend.clone())
+        .fallback_service(frontend.fallback(axum::routing::any(not_found)))
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let request_id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request.id = %request_id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no route matches this path".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .max_age(Duration::from_secs(600))
+}

@@ -1,0 +1,397 @@
+//! One typed configuration, read from the environment once at start-up.
+//!
+//! Every variable is documented in `.env.example`. Errors name the variable,
+//! so a bad deployment fails with a line an operator can act on.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
+
+/// Why the configuration could not be built; each variant names the variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    /// A variable is set to something that cannot be used.
+    #[error("{var} is invalid: {reason}")]
+    Invalid {
+        /// The environment variable.
+        var: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A secret string that never prints its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret value; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
+}
+
+/// Azure Key Vault settings; present when `AZURE_KEY_VAULT_URL` is set.
+#[derive(Debug, Clone)]
+pub struct AzureConfig {
+    /// `AZURE_KEY_VAULT_URL`, e.g. `https://my-vault.vault.azure.net/`.
+    pub vault_url: String,
+    /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`: a client-secret
+    /// credential when all three are set, else the SDK's managed/workload identity.
+    pub client_secret: Option<AzureClientSecret>,
+}
+
+/// An Entra ID application's client-secret credential.
+#[derive(Debug, Clone)]
+pub struct AzureClientSecret {
+    /// `AZURE_TENANT_ID`.
+    pub tenant_id: String,
+    /// `AZURE_CLIENT_ID`.
+    pub client_id: String,
+    /// `AZURE_CLIENT_SECRET`.
+    pub client_secret: SecretString,
+}
+
+/// The whole configuration of the api and the worker.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`.
+    pub database_url: SecretString,
+    /// `DATABASE_MAX_CONNECTIONS` (default 10).
+    pub database_max_connections: u32,
+    /// `API_ADDR` (default `127.0.0.1:8080`).
+    pub api_addr: SocketAddr,
+    /// `JWT_SECRET_KEY`: at least 32 bytes.
+    pub jwt_secret: SecretString,
+    /// `JWT_ISSUER` (default `txdx`).
+    pub jwt_issuer: String,
+    /// `JWT_AUDIENCE` (default `txdx-api`).
+    pub jwt_audience: String,
+    /// `ACCESS_TOKEN_TTL_SECS` (default 3600).
+    pub access_token_ttl: Duration,
+    /// `REFRESH_TOKEN_TTL_SECS` (default 30 days).
+    pub refresh_token_ttl: Duration,
+    /// `CORS_ORIGINS`: comma-separated origins; empty means same-origin only.
+    pub cors_origins: Vec<String>,
+    /// Azure Key Vault; `None` selects the local encrypted secret store.
+    pub azure: Option<AzureConfig>,
+    /// `TXDX_LOCAL_SECRET_KEY`: base64 32-byte key for the local secret store.
+    pub local_secret_key: Option<SecretString>,
+    /// `TXDX_LOCAL_SECRET_KEY_FILE` (default `.data/local-secret.key`).
+    pub local_secret_key_file: String,
+    /// `SECRET_CACHE_TTL_SECS` (default 300): worker credential cache lifetime.
+    pub secret_cache_ttl: Duration,
+    /// `WORKER_CONCURRENCY` (default 8): actions one worker process runs at once.
+    pub worker_concurrency: usize,
+    /// `WORKER_METRICS_ADDR` (default `127.0.0.1:9091`).
+    pub worker_metrics_addr: SocketAddr,
+    /// `ACTION_MAX_ATTEMPTS` (default 5): attempts per action unless the action says otherwise.
+    pub action_max_attempts: i32,
+    /// `QUEUE_HEARTBEAT_SECS` (default 5): worker heartbeat; a worker silent for
+    /// `QUEUE_MISSED_HEARTBEATS` (default 6) beats loses its jobs to the others.
+    pub queue_heartbeat: Duration,
+    /// `QUEUE_MISSED_HEARTBEATS` (default 6).
+    pub queue_missed_heartbeats: usize,
+    /// `ACTION_TIMEOUT_SECS` (default 20): one attempt's hard limit; kept well
+    /// under heartbeat × missed beats so a slow job is never taken as orphaned.
+    pub action_timeout: Duration,
+    /// `SHUTDOWN_TIMEOUT_SECS` (default 30): how long SIGTERM waits for in-flight actions.
+    pub shutdown_timeout: Duration,
+    /// `IDEMPOTENCY_KEY_TTL_SECS` (default 24 h).
+    pub idempotency_key_ttl: Duration,
+    /// `RUST_LOG` (default `info`).
+    pub log_filter: String,
+    /// `LOG_FORMAT`: `pretty` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `FRONTEND_DIR` (default `basic_frontend`): static files served at `/`.
+    pub frontend_dir: String,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first missing or invalid variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Reads the configuration from the given variables (tests pass their own).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first missing or invalid variable.
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let env = Env(vars);
+        let jwt_secret = env.required("JWT_SECRET_KEY")?;
+        if jwt_secret.len() < 32 {
+            return Err(ConfigError::Invalid {
+                var: "JWT_SECRET_KEY",
+                reason: format!("must be at least 32 bytes, got {}", jwt_secret.len()),
+            });
+        }
+        let heartbeat = Duration::from_secs(env.parse("QUEUE_HEARTBEAT_SECS", 5u64)?.max(1));
+        let missed = env.parse("QUEUE_MISSED_HEARTBEATS", 6usize)?.max(1);
+        let action_timeout = Duration::from_secs(env.parse("ACTION_TIMEOUT_SECS", 20u64)?.max(1));
+        if action_timeout >= heartbeat * missed as u32 {
+            return Err(ConfigError::Invalid {
+                var: "ACTION_TIMEOUT_SECS",
+                reason: format!(
+                    "must be shorter than QUEUE_HEARTBEAT_SECS x QUEUE_MISSED_HEARTBEATS ({} s), or a slow action would be re-run as orphaned",
+                    (heartbeat * missed as u32).as_secs()
+                ),
+            });
+        }
+        let azure = match env.optional("AZURE_KEY_VAULT_URL") {
+            None => None,
+            Some(vault_url) => {
+                if !vault_url.starts_with("https://") {
+                    return Err(ConfigError::Invalid {
+                        var: "AZURE_KEY_VAULT_URL",
+                        reason: "must be an https:// URL".into(),
+                    });
+                }
+                let parts = (
+                    env.optional("AZURE_TENANT_ID"),
+                    env.optional("AZURE_CLIENT_ID"),
+                    env.optional("AZURE_CLIENT_SECRET"),
+                );
+                let client_secret = match parts {
+                    (Some(tenant_id), Some(client_id), Some(secret)) => Some(AzureClientSecret {
+                        tenant_id,
+                        client_id,
+                        client_secret: SecretString::new(secret),
+                    }),
+                    (None, None, None) => None,
+                    (None, _, _) => return Err(ConfigError::Missing("AZURE_TENANT_ID")),
+                    (_, None, _) => return Err(ConfigError::Missing("AZURE_CLIENT_ID")),
+                    (_, _, None) => return Err(ConfigError::Missing("AZURE_CLIENT_SECRET")),
+                };
+                Some(AzureConfig {
+                    vault_url,
+                    client_secret,
+                })
+            }
+        };
+        let log_format = match env.optional("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "LOG_FORMAT",
+                    reason: format!("expected `pretty` or `json`, got `{other}`"),
+                });
+            }
+        };
+        let worker_concurrency = env.parse("WORKER_CONCURRENCY", 8usize)?;
+        if !(1..=1024).contains(&worker_concurrency) {
+            return Err(ConfigError::Invalid {
+                var: "WORKER_CONCURRENCY",
+                reason: "must be between 1 and 1024".into(),
+            });
+        }
+        let action_max_attempts = env.parse("ACTION_MAX_ATTEMPTS", 5i32)?;
+        if !(1..=100).contains(&action_max_attempts) {
+            return Err(ConfigError::Invalid {
+                var: "ACTION_MAX_ATTEMPTS",
+                reason: "must be between 1 and 100".into(),
+            });
+        }
+        Ok(Self {
+            database_url: SecretString::new(env.required("DATABASE_URL")?),
+            database_max_connections: env.parse("DATABASE_MAX_CONNECTIONS", 10u32)?.max(2),
+            api_addr: env.parse("API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            jwt_secret: SecretString::new(jwt_secret),
+            jwt_issuer: env.optional("JWT_ISSUER").unwrap_or_else(|| "txdx".into()),
+            jwt_audience: env
+                .optional("JWT_AUDIENCE")
+                .unwrap_or_else(|| "txdx-api".into()),
+            access_token_ttl: Duration::from_secs(env.parse("ACCESS_TOKEN_TTL_SECS", 3600u64)?),
+            refresh_token_ttl: Duration::from_secs(
+                env.parse("REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600u64)?,
+            ),
+            cors_origins: env
+                .optional("CORS_ORIGINS")
+                .map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            azure,
+            local_secret_key: env.optional("TXDX_LOCAL_SECRET_KEY").map(SecretString::new),
+            local_secret_key_file: env
+                .optional("TXDX_LOCAL_SECRET_KEY_FILE")
+                .unwrap_or_else(|| ".data/local-secret.key".into()),
+            secret_cache_ttl: Duration::from_secs(env.parse("SECRET_CACHE_TTL_SECS", 300u64)?),
+            worker_concurrency,
+            worker_metrics_addr: env.parse(
+                "WORKER_METRICS_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9091)),
+            )?,
+            action_max_attempts,
+            queue_heartbeat: heartbeat,
+            queue_missed_heartbeats: missed,
+            action_timeout,
+            shutdown_timeout: Duration::from_secs(env.parse("SHUTDOWN_TIMEOUT_SECS", 30u64)?),
+            idempotency_key_ttl: Duration::from_secs(
+                env.parse("IDEMPOTENCY_KEY_TTL_SECS", 24 * 3600u64)?,
+            ),
+            log_filter: env.optional("RUST_LOG").unwrap_or_else(|| "info".into()),
+            log_format,
+            frontend_dir: env
+                .optional("FRONTEND_DIR")
+                .unwrap_or_else(|| "basic_frontend".into()),
+        })
+    }
+}
+
+struct Env(HashMap<String, String>);
+
+impl Env {
+    fn optional(&self, var: &str) -> Option<String> {
+        self.0.get(var).filter(|v| !v.trim().is_empty()).cloned()
+    }
+
+    fn required(&self, var: &'static str) -> Result<String, ConfigError> {
+        self.optional(var).ok_or(ConfigError::Missing(var))
+    }
+
+    fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.optional(var) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    var,
+                    reason: format!("`{raw}`: {e}"),
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HashMap<String, String> {
+        HashMap::from([
+            ("DATABASE_URL".into(), "postgres://localhost/txdx".into()),
+            ("JWT_SECRET_KEY".into(), "x".repeat(32)),
+        ])
+    }
+
+    #[test]
+    fn defaults_apply_when_only_required_variables_are_set() {
+        let config = Config::from_vars(base()).unwrap();
+        assert_eq!(config.api_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.worker_concurrency, 8);
+        assert!(config.azure.is_none());
+        assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_missing_database_url_is_named() {
+        let mut vars = base();
+        vars.remove("DATABASE_URL");
+        let err = Config::from_vars(vars).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("DATABASE_URL"));
+        assert_eq!(err.to_string(), "DATABASE_URL is not set");
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_refused_by_name() {
+        let mut vars = base();
+        vars.insert("JWT_SECRET_KEY".into(), "short".into());
+        let err = Config::from_vars(vars).unwrap_err();
+        assert!(
+            err.to_string().starts_with("JWT_SECRET_KEY is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unparsable_number_names_its_variable() {
+        let mut vars = base();
+        vars.insert("WORKER_CONCURRENCY".into(), "many".into());
+        let err = Config::from_vars(vars).unwrap_err();
+        assert!(
+            err.to_string().starts_with("WORKER_CONCURRENCY is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_api_addr_names_its_variable() {
+        let mut vars = base();
+        vars.insert("API_ADDR".into(), "localhost".into());
+        let err = Config::from_vars(vars).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                var: "API_ADDR",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_partial_azure_client_secret_names_the_missing_part() {
+        let mut vars = base();
+        vars.insert(
+            "AZURE_KEY_VAULT_URL".into(),
+            "https://v.vault.azure.net/".into(),
+        );
+        vars.insert("AZURE_TENANT_ID".into(), "t".into());
+        let err = Config::from_vars(vars).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("AZURE_CLIENT_ID"));
+    }
+
+    #[test]
+    fn an_action_timeout_longer_than_the_orphan_window_is_refused() {
+        let mut vars = base();
+        vars.insert("ACTION_TIMEOUT_SECS".into(), "60".into());
+        let err = Config::from_vars(vars).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                var: "ACTION_TIMEOUT_SECS",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let config = Config::from_vars(base()).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(&"x".repeat(32)));
+        assert!(!printed.contains("postgres://localhost"));
+    }
+}

@@ -1,0 +1,218 @@
+//! The database: pool, migrations, tenant transactions, and (in the child
+//! modules) every SQL statement of the product.
+//!
+//! Tenant data is read and written only inside [`begin_tenant`]
+//! transactions, which switch to the `txdx_app` role (not superuser, not
+//! owner, not BYPASSRLS) and set `app.company_id`, so Postgres row-level
+//! security confines every statement to one company even when a `WHERE`
+//! clause is forgotten.
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool, Postgres, Transaction,
+    migrate::{MigrateError, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use uuid::Uuid;
+
+/// The table that tracks our migrations. apalis-postgres 1.0 tracks its own
+/// in `apalis._sqlx_migrations`; ours get a name of their own so neither
+/// side ever sees the other's versions (which sqlx refuses as unknown), even
+/// with a `search_path` that reaches the `apalis` schema.
+pub const MIGRATIONS_TABLE: &str = "txdx_migrations";
+
+/// The role tenant transactions run as.
+pub const APP_ROLE: &str = "txdx_app";
+
+/// Our migrations (`migrations/` at the workspace root), tracked in [`MIGRATIONS_TABLE`].
+pub fn migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+}
+
+/// Opens the connection pool.
+///
+/// The acquire timeout is short so that, while the database is down, a
+/// request fails fast (503) instead of hanging.
+///
+/// # Errors
+/// When the URL is malformed. Connections are opened lazily.
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("txdx")))
+}
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// apalis-postgres's own schema (the `apalis` Postgres schema).
+    #[error("queue schema migration failed: {0}")]
+    Queue(#[from] apalis_postgres::Error),
+    /// Our schema.
+    #[error("schema migration failed: {0}")]
+    Schema(#[from] MigrateError),
+}
+
+/// Applies the queue's migrations, then ours. Running it again is a no-op.
+///
+/// The queue's go first: ours grant the app role access to its job table.
+///
+/// # Errors
+/// When either set fails to apply.
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrationError> {
+    apalis_postgres::PostgresStorage::setup(pool).await?;
+    migrator().run(pool).await?;
+    Ok(())
+}
+
+/// Whether every one of our migrations has been applied successfully.
+///
+/// # Errors
+/// When the database cannot be queried.
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let expected: Vec<i64> = migrator().iter().map(|m| m.version).collect();
+    // The tracking table may not exist yet: to_regclass answers NULL then.
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(MIGRATIONS_TABLE)
+        .fetch_one(pool)
+        .await?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM txdx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?;
+    Ok(expected.iter().all(|v| applied.contains(v)))
+}
+
+/// Starts a transaction scoped to one company: role `txdx_app`, `app.company_id` set.
+///
+/// Both settings are transaction-local (`set_config(.., true)`), so nothing
+/// leaks to the next user of the pooled connection.
+///
+/// # Errors
+/// When no connection can be had or the settings cannot be applied.
+pub async fn begin_tenant(
+    pool: &PgPool,
+    company_id: Uuid,
+) -> Result<Transaction<'static, Postgres>, DbError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.company_id', $1, true), set_config('role', $2, true)")
+        .bind(company_id.to_string())
+        .bind(APP_ROLE)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Starts a transaction as the app role that may see exactly one user row by
+/// its username, before the company is known (login).
+///
+/// # Errors
+/// When no connection can be had or the settings cannot be applied.
+pub async fn begin_login_lookup(
+    pool: &PgPool,
+    username: &str,
+) -> Result<Transaction<'static, Postgres>, DbError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.login_username', $1, true), set_config('role', $2, true)")
+        .bind(username)
+        .bind(APP_ROLE)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// The tenant a transaction is scoped to, for tests and assertions.
+///
+/// # Errors
+/// When the database cannot be queried.
+pub async fn current_tenant(tx: &mut sqlx::PgConnection) -> Result<Option<Uuid>, sqlx::Error> {
+    let raw: Option<String> =
+        sqlx::query_scalar("SELECT nullif(current_setting('app.company_id', true), '')")
+            .fetch_one(tx)
+            .await?;
+    Ok(raw.and_then(|s| s.parse().ok()))
+}
+
+/// What a repository function can fail with, in domain terms.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The entity does not exist in the caller's company.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule: the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    /// A value the database refused (a check or foreign key).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field at fault.
+        field: String,
+        /// Why.
+        message: String,
+    },
+    /// The database cannot be reached (down, restarting, pool exhausted).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else: a bug.
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable(err)
+            }
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    // 57P01..03: admin shutdown, crash shutdown, cannot connect now; 08xxx: connection exceptions.
+                    c.starts_with("57P") || c.starts_with("08")
+                }) =>
+            {
+                Self::Unavailable(err)
+            }
+            _ => Self::Other(err),
+        }
+    }
+}
+
+impl DbError {
+    /// The name of the violated constraint, if this is a constraint violation.
+    pub fn constraint(&self) -> Option<&str> {
+        match self {
+            Self::Other(sqlx::Error::Database(db)) => db.constraint(),
+            _ => None,
+        }
+    }
+}
+
+/// Ticket actions as the worker claims and settles them.
+pub mod actions;
+/// The audit log.
+pub mod audit;
+
+/// Takes a transaction-scoped advisory lock on `key`, serialising every
+/// holder of the same key across all processes until the transaction ends.
+///
+/// # Errors
+/// Database failures.
+pub async fn lock_serialization_key(
+    conn: &mut sqlx::PgConnection,
+    key: &str,
+) -> Result<(), DbError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

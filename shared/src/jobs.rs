@@ -1,0 +1,98 @@
+//! The queue contract between api and worker: the job payload and the
+//! functions that enqueue it inside the caller's transaction.
+//!
+//! Jobs go into apalis-postgres's `apalis.jobs` table with
+//! `apalis_postgres::queries::push_tasks`, which takes any executor: called
+//! with our transaction, the job commits or rolls back with the ticket.
+
+use apalis::prelude::{TaskBuilder, TaskId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::db::DbError;
+
+/// The apalis queue (`job_type`) that carries ticket actions.
+pub const ACTION_QUEUE: &str = "txdx::ticket_action";
+
+/// Attempts apalis itself may make of one job. Provider retries are ours
+/// (each attempt is a new job scheduled at its backoff time); this bound
+/// only covers infrastructure failures such as the database going away
+/// while an outcome is recorded.
+pub const QUEUE_MAX_ATTEMPTS: usize = 25;
+
+/// One attempt of one ticket action, as carried by the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionJob {
+    /// The tenant: the worker scopes every query to it.
+    pub company_id: Uuid,
+    /// The ticket.
+    pub ticket_id: Uuid,
+    /// The action to run.
+    pub action_id: Uuid,
+}
+
+/// Pushes one job for `job` runnable at `run_at` (now when `None`), with a
+/// priority that favours companies with little queued work, and records the
+/// job id on the action. Runs on the caller's connection or transaction.
+///
+/// # Errors
+/// When the insert fails; inside a transaction the caller rolls back.
+pub async fn enqueue_action(
+    conn: &mut PgConnection,
+    job: &ActionJob,
+    run_at: Option<DateTime<Utc>>,
+    backlog: i64,
+) -> Result<String, DbError> {
+    let job_id = Uuid::now_v7().to_string();
+    let args = serde_json::to_vec(job).map_err(|e| DbError::Invalid {
+        field: "job".into(),
+        message: e.to_string(),
+    })?;
+    let mut builder = TaskBuilder::new(args)
+        .task_id(TaskId::from_string(job_id.clone()))
+        .max_attempts(QUEUE_MAX_ATTEMPTS)
+        .priority(fair_priority(backlog));
+    if let Some(at) = run_at {
+        builder = builder.run_at_timestamp(u64::try_from(at.timestamp()).unwrap_or(0));
+    }
+    apalis_postgres::queries::push_tasks(&mut *conn, ACTION_QUEUE, vec![builder.build()])
+        .await
+        .map_err(|e| match e {
+            apalis_postgres::Error::Database(db) => DbError::from(db),
+            other => DbError::Invalid {
+                field: "job".into(),
+                message: other.to_string(),
+            },
+        })?;
+    sqlx::query("UPDATE ticket_actions SET job_id = $2, updated_at = now() WHERE id = $1")
+        .bind(job.action_id)
+        .bind(&job_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(job_id)
+}
+
+/// Queue priority from a company's backlog (its actions not yet finished).
+///
+/// apalis fetches by `priority DESC, run_at ASC`: a company with a small
+/// backlog jumps ahead of one with thousands queued, so one tenant's flood
+/// cannot make every other tenant wait behind it.
+pub fn fair_priority(backlog: i64) -> usize {
+    const TOP: i64 = 1000;
+    usize::try_from((TOP - backlog.clamp(0, TOP)).max(0)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_smaller_backlog_gets_a_higher_priority() {
+        assert!(fair_priority(0) > fair_priority(10));
+        assert!(fair_priority(10) > fair_priority(500));
+        assert_eq!(fair_priority(5000), 0);
+        assert_eq!(fair_priority(-3), 1000);
+    }
+}

@@ -1,0 +1,259 @@
+//! Schema tests: both migration sets apply and re-apply, the app role cannot
+//! bypass row-level security, and every tenant table is isolated.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers fail the test on setup errors")]
+
+use shared::db;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[sqlx::test(migrations = false)]
+async fn migrations_apply_to_an_empty_database_and_a_second_run_is_a_no_op(pool: PgPool) {
+    assert!(!db::migrations_applied(&pool).await.unwrap());
+    db::migrate(&pool).await.unwrap();
+    assert!(db::migrations_applied(&pool).await.unwrap());
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let ours = count("txdx_migrations").await;
+    let queue = count("apalis._sqlx_migrations").await;
+    assert_eq!(ours as usize, db::migrator().iter().count());
+    assert!(
+        queue > 0,
+        "apalis-postgres migrations are tracked in their own table"
+    );
+
+    db::migrate(&pool).await.unwrap();
+    assert_eq!(count("txdx_migrations").await, ours);
+    assert_eq!(count("apalis._sqlx_migrations").await, queue);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_app_role_is_neither_superuser_nor_bypassrls_nor_owner(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (superuser, bypass): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+            .bind(db::APP_ROLE)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!superuser && !bypass);
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = $1",
+    )
+    .bind(db::APP_ROLE)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owned, 0);
+    // And a tenant transaction really runs as it.
+    let mut tx = db::begin_tenant(&pool, Uuid::new_v4()).await.unwrap();
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(role, db::APP_ROLE);
+}
+
+/// Inserts one row in every tenant table for a new company, as the connecting
+/// (superuser) role, bypassing RLS the way only migrations and tests may.
+async fn seed_company(pool: &PgPool, name: &str) -> Uuid {
+    let company: Uuid = sqlx::query_scalar("INSERT INTO companies (name) VALUES ($1) RETURNING id")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let user: Uuid = sqlx::query_scalar(
+        "INSERT INTO users (company_id, username, email, password_hash, role) VALUES ($1, $2, $3, 'x', 'ADMIN') RETURNING id",
+    )
+    .bind(company)
+    .bind(format!("{name}-admin"))
+    .bind(format!("admin@{name}.example"))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let integration: Uuid = sqlx::query_scalar(
+        "INSERT INTO integrations (company_id, provider, name) VALUES ($1, 'SPLUNK', 'splunk') RETURNING id",
+    )
+    .bind(company)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let ticket: Uuid = sqlx::query_scalar(
+        "INSERT INTO tickets (company_id, created_by_user_id, subject) VALUES ($1, $2, 'subject') RETURNING id",
+    )
+    .bind(company)
+    .bind(user)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action) VALUES ($1, $2, 0, $3, 'SPLUNK', 'send_event')")
+        .bind(company).bind(ticket).bind(integration).execute(pool).await.unwrap();
+    sqlx::query("INSERT INTO ticket_idempotency_keys (company_id, key, request_hash, ticket_id, expires_at) VALUES ($1, 'k', 'h', $2, now() + interval '1 day')")
+        .bind(company).bind(ticket).execute(pool).await.unwrap();
+    sqlx::query("INSERT INTO refresh_tokens (company_id, user_id, family_id, token_hash, expires_at) VALUES ($1, $2, gen_random_uuid(), $3, now() + interval '1 day')")
+        .bind(company).bind(user).bind(format!("hash-{name}")).execute(pool).await.unwrap();
+    sqlx::query("INSERT INTO audit_logs (company_id, actor_user_id, action, entity_type) VALUES ($1, $2, 'seeded', 'company')")
+        .bind(company).bind(user).execute(pool).await.unwrap();
+    let session: Uuid = sqlx::query_scalar("INSERT INTO agent_sessions (company_id, user_id, external_thread_id, purpose) VALUES ($1, $2, 't', 'triage') RETURNING id")
+        .bind(company).bind(user).fetch_one(pool).await.unwrap();
+    sqlx::query("INSERT INTO agent_memory_refs (company_id, session_id, vector_store_id, scope) VALUES ($1, $2, 'vs', 'SESSION')")
+        .bind(company).bind(session).execute(pool).await.unwrap();
+    company
+}
+
+const TENANT_TABLES: &[&str] = &[
+    "companies",
+    "users",
+    "integrations",
+    "tickets",
+    "ticket_actions",
+    "ticket_idempotency_keys",
+    "refresh_tokens",
+    "audit_logs",
+    "agent_sessions",
+    "agent_memory_refs",
+];
+
+#[sqlx::test(migrations = false)]
+async fn with_a_tenant_set_a_bare_select_sees_only_that_companys_rows_in_every_table(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let a = seed_company(&pool, "alpha").await;
+    let b = seed_company(&pool, "bravo").await;
+
+    // Every table with RLS enabled is in the list, so a new table cannot slip through.
+    let rls_tables: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relrowsecurity AND relforcerowsecurity ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut expected: Vec<String> = TENANT_TABLES.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(rls_tables, expected);
+
+    for table in TENANT_TABLES {
+        let key = if *table == "companies" {
+            "id"
+        } else {
+            "company_id"
+        };
+        let mut tx = db::begin_tenant(&pool, a).await.unwrap();
+        let seen: Vec<Uuid> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {key} FROM {table}")))
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+        assert!(!seen.is_empty(), "{table}: company A sees its own rows");
+        assert!(
+            seen.iter().all(|c| *c == a),
+            "{table}: company A sees only its rows"
+        );
+        assert!(!seen.contains(&b), "{table}: no row of company B");
+        tx.rollback().await.unwrap();
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn without_a_tenant_the_app_role_sees_nothing_and_cannot_write_across_tenants(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let a = seed_company(&pool, "alpha").await;
+    let b = seed_company(&pool, "bravo").await;
+
+    // No tenant set: fails closed.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('role', $1, true)")
+        .bind(db::APP_ROLE)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for table in TENANT_TABLES {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table} without a tenant");
+    }
+    tx.rollback().await.unwrap();
+
+    // Company A cannot insert a row for company B.
+    let mut tx = db::begin_tenant(&pool, a).await.unwrap();
+    let err = sqlx::query("INSERT INTO tickets (company_id, subject) VALUES ($1, 'smuggled')")
+        .bind(b)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    tx.rollback().await.unwrap();
+
+    // Nor update or delete B's rows: they are invisible, so nothing matches.
+    let mut tx = db::begin_tenant(&pool, a).await.unwrap();
+    let updated = sqlx::query("UPDATE tickets SET subject = 'hijacked' WHERE company_id = $1")
+        .bind(b)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 0);
+    let deleted = sqlx::query("DELETE FROM users WHERE company_id = $1")
+        .bind(b)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 0);
+    tx.commit().await.unwrap();
+    let b_subject: String = sqlx::query_scalar("SELECT subject FROM tickets WHERE company_id = $1")
+        .bind(b)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(b_subject, "subject");
+}
+
+#[sqlx::test(migrations = false)]
+async fn tenant_settings_do_not_leak_to_the_next_user_of_a_pooled_connection(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let a = seed_company(&pool, "alpha").await;
+    // One connection only, so the next transaction reuses it.
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let mut tx = db::begin_tenant(&single, a).await.unwrap();
+    assert_eq!(db::current_tenant(&mut tx).await.unwrap(), Some(a));
+    tx.commit().await.unwrap();
+    let mut conn = single.acquire().await.unwrap();
+    assert_eq!(db::current_tenant(&mut conn).await.unwrap(), None);
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_ne!(role, db::APP_ROLE);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_login_lookup_sees_exactly_the_named_user(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    seed_company(&pool, "alpha").await;
+    seed_company(&pool, "bravo").await;
+    let mut tx = db::begin_login_lookup(&pool, "alpha-admin").await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT username FROM users")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["alpha-admin".to_string()]);
+    let tickets: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(tickets, 0);
+}

@@ -1,0 +1,125 @@
+//! TxDx worker: executes ticket actions from the apalis queue.
+//!
+//! [`run`] builds the apalis monitor over apalis-postgres with the settings
+//! the queue's traps call for (see ARCHITECTURE.md): LISTEN/NOTIFY plus a
+//! short fallback poll, an explicit heartbeat × missed-beats orphan window,
+//! fetch batch = concurrency, and a fresh worker id per incarnation.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use apalis::prelude::{
+    BackendExt, BoxDynError, Data, Monitor, Strategy, WorkerBuilder, WorkerBuilderExt,
+};
+use apalis_postgres::{PostgresStorage, Pubsub};
+use shared::{
+    config::Config,
+    jobs::{ACTION_QUEUE, ActionJob},
+};
+
+/// One delivery: claim, run, record.
+pub mod handler;
+/// Provider clients behind one interface.
+pub mod providers;
+/// Backoff policy.
+pub mod retry;
+
+use handler::WorkerState;
+
+/// Builds the worker state from configuration (pool, secret store, clients).
+///
+/// # Errors
+/// When the database is unreachable, the schema is missing, or the secret
+/// store cannot be set up; each with a one-line reason.
+pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
+    let pool = shared::db::connect_lazy(
+        config.database_url.expose(),
+        (config.worker_concurrency as u32 + 4).max(6),
+    )
+    .context("DATABASE_URL is invalid")?;
+    let applied = shared::db::migrations_applied(&pool)
+        .await
+        .context("the database is unreachable")?;
+    if !applied {
+        anyhow::bail!("the database schema is missing or outdated: run `api migrate` first");
+    }
+    let secrets = shared::secrets::from_config(config, &pool).context("secret store")?;
+    match secrets.check().await {
+        Ok(()) => tracing::info!("secrets: {}", secrets.describe()),
+        Err(e) => anyhow::bail!("secret store does not answer: {e}"),
+    }
+    Ok(Arc::new(WorkerState {
+        pool,
+        secrets,
+        providers: providers::Providers::new().context("cannot build the HTTP client")?,
+        backoff: retry::Backoff::default(),
+        action_timeout: config.action_timeout,
+    }))
+}
+
+async fn handle(job: ActionJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
+    handler::execute_action(&state, &job).await.map_err(|e| {
+        tracing::error!(action.id = %job.action_id, "delivery of action {} failed: {e}", job.action_id);
+        Box::new(e) as BoxDynError
+    })
+}
+
+/// Runs the worker until `shutdown` resolves, then stops fetching and waits
+/// up to the configured timeout for in-flight actions.
+///
+/// # Errors
+/// When the monitor fails for good.
+pub async fn run(
+    config: &Config,
+    state: Arc<WorkerState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let concurrency = config.worker_concurrency;
+    let queue_config = apalis_postgres::Config::default()
+        .queue(ACTION_QUEUE)
+        .batch_size(concurrency)
+        .heartbeat_interval(config.queue_heartbeat)
+        .missed_heartbeats(config.queue_missed_heartbeats);
+    let pool = state.pool.clone();
+    // Unique per process incarnation: a restarted worker must not inherit
+    // (and strand) the jobs its dead predecessor held.
+    let incarnation = uuid::Uuid::now_v7().simple().to_string();
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    tracing::info!(
+        concurrency,
+        queue = ACTION_QUEUE,
+        "worker {host}-{incarnation} starting"
+    );
+    Monitor::new()
+        .register(move |restarts| {
+            // LISTEN/NOTIFY wakes the worker at once; the 1 s poll is the
+            // fallback for lost notifications and for jobs whose run time
+            // (a retry's backoff) has just arrived.
+            let wake = Strategy::new()
+                .stream(Pubsub::new(pool.clone(), ACTION_QUEUE.to_owned()))
+                .interval(Duration::from_secs(1));
+            let backend = PostgresStorage::<ActionJob>::new(&pool)
+                .with_config(queue_config.clone())
+                .poll_with_strategy(wake);
+            WorkerBuilder::new(format!("txdx-{host}-{incarnation}-{restarts}"))
+                .backend(backend)
+                .data(state.clone())
+                .concurrency(concurrency)
+                .build(handle)
+        })
+        // A worker whose loop died (e.g. a long database outage) is restarted
+        // under a new name; apalis's orphan rescue returns its jobs.
+        .should_restart(|_ctx, err| {
+            tracing::warn!("worker loop ended ({err}); restarting");
+            true
+        })
+        .shutdown_timeout(config.shutdown_timeout)
+        .run_with_signal(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new jobs; waiting for in-flight actions");
+            Ok(())
+        })
+        .await
+        .context("worker monitor")?;
+    Ok(())
+}
