@@ -2,14 +2,12 @@
 //!
 //! [`build_app`] wires the router used by `main` and by the tests alike.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Router,
     http::{HeaderName, HeaderValue, Method, header},
 };
-use metrics_exporter_prometheus::PrometheusHandle;
-use shared::{PgPool, config::Config};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
@@ -21,6 +19,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+/// Authentication extractors.
+pub mod auth;
 /// Problem+json errors: the only place that maps failures to statuses.
 pub mod error;
 /// Extractors with problem+json rejections.
@@ -49,15 +49,10 @@ pub fn router_with_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The whole application: documented routes, Swagger UI at `/api/docs`, the
 /// static frontend at `/`, problem+json fallbacks, and the middleware stack.
-pub fn build_app(pool: PgPool, config: Arc<Config>, metrics: PrometheusHandle) -> Router {
+pub fn build_app(state: AppState) -> Router {
     let (router, api) = router_with_doc();
-    let frontend = ServeDir::new(&config.frontend_dir).append_index_html_on_directories(true);
-    let cors = cors_layer(&config.cors_origins);
-    let state = AppState {
-        pool,
-        config,
-        metrics,
-    };
+    let frontend = ServeDir::new(&state.config.frontend_dir).append_index_html_on_directories(true);
+    let cors = cors_layer(&state.config.cors_origins);
     router
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", api))
         .nest_service("/app", frontend.clone())

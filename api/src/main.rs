@@ -79,14 +79,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    let secrets = shared::secrets::from_config(&config, &pool).context("secret store")?;
+    match secrets.check().await {
+        Ok(()) => tracing::info!("secrets: {}", secrets.describe()),
+        Err(e) => anyhow::bail!("secret store does not answer: {e}"),
+    }
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("cannot listen on API_ADDR={}", config.api_addr))?;
     tracing::info!("api listening on http://{}", config.api_addr);
-    let app = txdx_api::build_app(pool, Arc::new(config), metrics);
+    let state = txdx_api::state::AppState::new(pool, Arc::new(config), secrets, metrics);
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        txdx_api::build_app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;

@@ -15,8 +15,23 @@ use utoipa::{
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
-    components(schemas(crate::error::Problem)),
+    components(schemas(
+        crate::error::Problem,
+        shared::providers::SplunkRunSearch,
+        shared::providers::SplunkSendEvent,
+        shared::providers::PaloAltoIpTag,
+        shared::providers::WazuhListAgents,
+        shared::providers::WazuhActiveResponse,
+        shared::providers::MerakiIpRule,
+        shared::providers::MerakiPolicyObject,
+    )),
     tags(
+        (name = "auth", description = "Register a company, log in, rotate and revoke tokens"),
+        (name = "companies", description = "The caller's company"),
+        (name = "users", description = "The company's users"),
+        (name = "integrations", description = "Provider connections; credentials live in the secret store"),
+        (name = "tickets", description = "Tickets and their provider actions"),
+        (name = "audit", description = "The audit trail"),
         (name = "health", description = "Liveness, readiness, metrics"),
     )
 )]

@@ -3,15 +3,66 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use shared::{PgPool, config::Config};
+use shared::{PgPool, auth::token::TokenCodec, config::Config, secrets::SecretStore};
+use tokio::sync::Semaphore;
 
-/// What handlers need: the pool, the configuration, the metrics handle.
+/// What handlers need: the pool, the configuration, token keys, the secret
+/// store, the metrics handle, and the bound on concurrent password hashing.
 #[derive(Clone)]
 pub struct AppState {
     /// The connection pool.
     pub pool: PgPool,
     /// The configuration read at start-up.
     pub config: Arc<Config>,
+    /// Issues and checks tokens.
+    pub tokens: Arc<TokenCodec>,
+    /// Integration credentials.
+    pub secrets: Arc<dyn SecretStore>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// argon2id runs on blocking threads, at most this many at once, so a
+    /// burst of logins cannot starve the executor or the other requests.
+    pub hashing: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// Runs a CPU-heavy password operation off the async executor, bounded.
+    ///
+    /// # Errors
+    /// When the blocking task panics or the semaphore is closed.
+    pub async fn hash_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::error::ApiError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| crate::error::ApiError::Internal(e.into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| crate::error::ApiError::Internal(e.into()))
+    }
+}
+
+impl AppState {
+    /// Builds the state; password hashing is bounded by the number of CPUs.
+    pub fn new(
+        pool: PgPool,
+        config: Arc<Config>,
+        secrets: Arc<dyn SecretStore>,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        let permits = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2);
+        Self {
+            tokens: Arc::new(TokenCodec::from_config(&config)),
+            pool,
+            config,
+            secrets,
+            metrics,
+            hashing: Arc::new(Semaphore::new(permits)),
+        }
+    }
 }

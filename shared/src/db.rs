@@ -216,3 +216,18 @@ pub async fn lock_serialization_key(
         .await?;
     Ok(())
 }
+/// Companies.
+pub mod companies;
+/// Failed-login throttling.
+pub mod login_failures;
+/// Refresh tokens.
+pub mod refresh_tokens;
+/// Users.
+pub mod users;
+
+/// A single connection or transaction: what repository functions take.
+pub use sqlx::PgConnection;
+/// Integrations.
+pub mod integrations;
+/// Tickets, their actions, idempotency keys.
+pub mod tickets;

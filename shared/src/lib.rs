@@ -5,6 +5,8 @@
 
 /// Base abstractions for agents (sessions, memory references); no logic yet.
 pub mod agents;
+/// Password hashing and access/refresh token encoding.
+pub mod auth;
 /// Typed configuration read once from the environment.
 pub mod config;
 /// Connection pool, migrations, tenant transactions and every SQL statement.

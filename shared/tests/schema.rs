@@ -1,7 +1,11 @@
 //! Schema tests: both migration sets apply and re-apply, the app role cannot
 //! bypass row-level security, and every tenant table is isolated.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers fail the test on setup errors")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test on setup errors"
+)]
 
 use shared::db;
 use sqlx::PgPool;

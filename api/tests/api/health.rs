@@ -15,10 +15,16 @@ async fn ready_answers_200_once_migrations_are_applied(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn ready_answers_503_when_the_schema_is_missing(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
-    sqlx::query("DROP TABLE txdx_migrations").execute(&pool).await.unwrap();
+    sqlx::query("DROP TABLE txdx_migrations")
+        .execute(&pool)
+        .await
+        .unwrap();
     let response = app.client.get(app.url("/ready")).send().await.unwrap();
     assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -26,7 +32,10 @@ async fn unknown_routes_and_wrong_methods_are_problem_documents(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let response = app.client.get(app.url("/api/nope")).send().await.unwrap();
     assert_eq!(response.status(), 404);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], 404);
 
@@ -41,7 +50,12 @@ async fn metrics_are_prometheus_text(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
 }
 
 #[sqlx::test(migrations = false)]

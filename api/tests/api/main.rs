@@ -1,8 +1,14 @@
 //! API integration tests: the real router on a random port over a fresh,
 //! migrated database per test.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on setup errors")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on setup errors"
+)]
 
+mod auth;
 mod health;
 mod openapi_drift;
 mod test_app;
+mod tickets;

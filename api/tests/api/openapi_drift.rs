@@ -21,7 +21,10 @@ fn every_operation_has_an_operation_id_and_error_responses_use_problem_json() {
     let value = serde_json::to_value(&doc).unwrap();
     for (path, item) in value["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            assert!(op["operationId"].is_string(), "{method} {path} lacks an operationId");
+            assert!(
+                op["operationId"].is_string(),
+                "{method} {path} lacks an operationId"
+            );
             for (status, response) in op["responses"].as_object().unwrap() {
                 if status.starts_with('4') || status.starts_with('5') {
                     assert!(

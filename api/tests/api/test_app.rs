@@ -23,9 +23,18 @@ fn metrics_handle() -> PrometheusHandle {
 pub fn test_config(extra: &[(&str, &str)]) -> Config {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("DATABASE_URL".into(), "postgres://unused".into()),
-        ("JWT_SECRET_KEY".into(), "test-secret-key-that-is-long-enough-0123456789".into()),
-        ("TXDX_LOCAL_SECRET_KEY".into(), "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into()),
-        ("FRONTEND_DIR".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/../basic_frontend").into()),
+        (
+            "JWT_SECRET_KEY".into(),
+            "test-secret-key-that-is-long-enough-0123456789".into(),
+        ),
+        (
+            "TXDX_LOCAL_SECRET_KEY".into(),
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+        ),
+        (
+            "FRONTEND_DIR".into(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../basic_frontend").into(),
+        ),
     ]);
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
@@ -41,13 +50,18 @@ impl TestApp {
     pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> Self {
         shared::db::migrate(&pool).await.unwrap();
         let config = Arc::new(test_config(extra));
-        let app = txdx_api::build_app(pool.clone(), config, metrics_handle());
+        let secrets = shared::secrets::from_config(&config, &pool).unwrap();
+        let state = txdx_api::state::AppState::new(pool.clone(), config, secrets, metrics_handle());
+        let app = txdx_api::build_app(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+            .unwrap();
         });
         Self {
             address,
@@ -59,4 +73,158 @@ impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub user_id: uuid::Uuid,
+    pub company_id: uuid::Uuid,
+    pub username: String,
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+impl TestApp {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn put_json(
+        &self,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a company; returns its ADMIN's session.
+    pub async fn register_company(&self, name: &str) -> Session {
+        let username = format!("{}-admin", name.to_lowercase().replace(' ', "-"));
+        let response = self
+            .post_json(
+                "/api/auth/register",
+                None,
+                &serde_json::json!({"company_name": name, "username": username, "email": format!("{username}@example.com"), "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: serde_json::Value = response.json().await.unwrap();
+        Session {
+            access_token: body["tokens"]["access_token"].as_str().unwrap().into(),
+            refresh_token: body["tokens"]["refresh_token"].as_str().unwrap().into(),
+            user_id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
+            company_id: body["company"]["id"].as_str().unwrap().parse().unwrap(),
+            username,
+        }
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/auth/login",
+            None,
+            &serde_json::json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    /// Creates a user with `role` in the admin's company and logs it in.
+    pub async fn create_user(&self, admin: &Session, username: &str, role: &str) -> Session {
+        let response = self
+            .post_json(
+                "/api/users",
+                Some(&admin.access_token),
+                &serde_json::json!({"username": username, "email": format!("{username}@example.com"), "password": PASSWORD, "role": role}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let user: serde_json::Value = response.json().await.unwrap();
+        let tokens: serde_json::Value = self.login(username, PASSWORD).await.json().await.unwrap();
+        Session {
+            access_token: tokens["access_token"].as_str().unwrap().into(),
+            refresh_token: tokens["refresh_token"].as_str().unwrap().into(),
+            user_id: user["id"].as_str().unwrap().parse().unwrap(),
+            company_id: admin.company_id,
+            username: username.into(),
+        }
+    }
+
+    /// Creates a simulated integration; returns its id.
+    pub async fn create_integration(
+        &self,
+        admin: &Session,
+        provider: &str,
+        name: &str,
+    ) -> uuid::Uuid {
+        let credentials = match provider {
+            "WAZUH" => serde_json::json!({"username": "wazuh", "password": "wazuh-secret-value"}),
+            "SPLUNK" => serde_json::json!({"token": "splunk-secret-token"}),
+            _ => serde_json::json!({"api_key": "secret-api-key-value"}),
+        };
+        let response = self
+            .post_json(
+                "/api/integrations",
+                Some(&admin.access_token),
+                &serde_json::json!({"provider": provider, "name": name, "mode": "simulated", "credentials": credentials}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+/// Asserts a problem+json response with `status` and returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    let actual = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(actual, status, "{body}");
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    assert_eq!(body["status"], status);
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
 }

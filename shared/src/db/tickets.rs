@@ -1,0 +1,339 @@
+//! Tickets, their actions, and the Idempotency-Key records of ticket creation.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::domain::{Provider, Ticket, TicketAction, TicketStatus};
+
+const TICKET_COLUMNS: &str = "id, company_id, created_by_user_id, subject, description, status, status_reason, executed_at, created_at, updated_at";
+const ACTION_COLUMNS: &str = "id, company_id, ticket_id, position, integration_id, provider, action, params, status, attempts, max_attempts, last_error, result, next_attempt_at, started_at, finished_at, created_at, updated_at";
+
+/// A ticket to create.
+#[derive(Debug, Clone)]
+pub struct NewTicket<'a> {
+    /// Company.
+    pub company_id: Uuid,
+    /// Creator.
+    pub created_by_user_id: Uuid,
+    /// Subject.
+    pub subject: &'a str,
+    /// Description.
+    pub description: &'a str,
+}
+
+/// An action to create, already validated against the catalogue.
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    /// The integration that runs it.
+    pub integration_id: Uuid,
+    /// Its provider.
+    pub provider: Provider,
+    /// Catalogue action.
+    pub action: String,
+    /// Normalised params.
+    pub params: serde_json::Value,
+    /// Attempt cap.
+    pub max_attempts: i32,
+}
+
+/// Inserts a ticket (PENDING).
+///
+/// # Errors
+/// Database failures.
+pub async fn insert_ticket(conn: &mut PgConnection, new: NewTicket<'_>) -> Result<Ticket, DbError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO tickets (company_id, created_by_user_id, subject, description) VALUES ($1, $2, $3, $4) RETURNING {TICKET_COLUMNS}"
+    )))
+    .bind(new.company_id)
+    .bind(new.created_by_user_id)
+    .bind(new.subject)
+    .bind(new.description)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Inserts a ticket's actions at positions 0.., in one statement.
+///
+/// # Errors
+/// Database failures.
+pub async fn insert_ticket_actions(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    ticket_id: Uuid,
+    actions: &[NewAction],
+) -> Result<Vec<TicketAction>, DbError> {
+    if actions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let positions: Vec<i32> = (0..actions.len())
+        .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+        .collect();
+    let integrations: Vec<Uuid> = actions.iter().map(|a| a.integration_id).collect();
+    let providers: Vec<&str> = actions.iter().map(|a| a.provider.as_str()).collect();
+    let names: Vec<&str> = actions.iter().map(|a| a.action.as_str()).collect();
+    let params: Vec<serde_json::Value> = actions.iter().map(|a| a.params.clone()).collect();
+    let max_attempts: Vec<i32> = actions.iter().map(|a| a.max_attempts).collect();
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action, params, max_attempts)
+         SELECT $1, $2, * FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[], $8::int[])
+         RETURNING {ACTION_COLUMNS}"
+    )))
+    .bind(company_id)
+    .bind(ticket_id)
+    .bind(&positions)
+    .bind(&integrations)
+    .bind(&providers)
+    .bind(&names)
+    .bind(&params)
+    .bind(&max_attempts)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// One ticket of the tenant.
+///
+/// # Errors
+/// [`DbError::NotFound`].
+pub async fn find_ticket(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+) -> Result<Ticket, DbError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets WHERE id = $1 AND company_id = $2"
+    )))
+    .bind(id)
+    .bind(company_id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound("ticket"))
+}
+
+/// A ticket's actions in execution order.
+///
+/// # Errors
+/// Database failures.
+pub async fn list_ticket_actions(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    ticket_id: Uuid,
+) -> Result<Vec<TicketAction>, DbError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACTION_COLUMNS} FROM ticket_actions WHERE ticket_id = $1 AND company_id = $2 ORDER BY position"
+    )))
+    .bind(ticket_id)
+    .bind(company_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Filters for [`list_tickets`].
+#[derive(Debug, Clone, Default)]
+pub struct TicketFilter {
+    /// Only this status.
+    pub status: Option<TicketStatus>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Keyset cursor: strictly older than (created_at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// The company's tickets, newest first.
+///
+/// # Errors
+/// Database failures.
+pub async fn list_tickets(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    f: &TicketFilter,
+) -> Result<Vec<Ticket>, DbError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets
+         WHERE company_id = $1
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::timestamptz IS NULL OR created_at >= $3)
+           AND ($4::timestamptz IS NULL OR created_at < $4)
+           AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $7"
+    )))
+    .bind(company_id)
+    .bind(f.status)
+    .bind(f.created_after)
+    .bind(f.created_before)
+    .bind(f.before.map(|b| b.0))
+    .bind(f.before.map(|b| b.1))
+    .bind(f.limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Locks a ticket for a change and returns it.
+///
+/// # Errors
+/// [`DbError::NotFound`].
+pub async fn lock_ticket(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+) -> Result<Ticket, DbError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets WHERE id = $1 AND company_id = $2 FOR UPDATE"
+    )))
+    .bind(id)
+    .bind(company_id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound("ticket"))
+}
+
+/// Changes subject and/or description.
+///
+/// # Errors
+/// [`DbError::NotFound`].
+pub async fn update_ticket_text(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+    subject: Option<&str>,
+    description: Option<&str>,
+) -> Result<Ticket, DbError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE tickets SET subject = coalesce($3, subject), description = coalesce($4, description), updated_at = now()
+         WHERE id = $1 AND company_id = $2 RETURNING {TICKET_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(company_id)
+    .bind(subject)
+    .bind(description)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound("ticket"))
+}
+
+/// Hands a PENDING ticket to a human: DERIVED with a reason; its actions not
+/// yet started are cancelled. Returns `None` when the ticket is not PENDING.
+///
+/// # Errors
+/// Database failures.
+pub async fn derive_ticket(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+    reason: &str,
+) -> Result<Option<Ticket>, DbError> {
+    let ticket: Option<Ticket> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE tickets SET status = 'DERIVED', status_reason = $3, executed_at = now(), updated_at = now()
+         WHERE id = $1 AND company_id = $2 AND status = 'PENDING' RETURNING {TICKET_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(company_id)
+    .bind(reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if ticket.is_some() {
+        sqlx::query("UPDATE ticket_actions SET status = 'CANCELLED', last_error = 'cancelled: ticket derived to a human', finished_at = now(), updated_at = now() WHERE ticket_id = $1 AND company_id = $2 AND status = 'PENDING'")
+            .bind(id)
+            .bind(company_id)
+            .execute(conn)
+            .await?;
+    }
+    Ok(ticket)
+}
+
+/// Deletes a ticket and (by cascade) its actions. Queued jobs of deleted
+/// actions find nothing and finish as no-ops.
+///
+/// # Errors
+/// [`DbError::NotFound`].
+pub async fn delete_ticket(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+) -> Result<(), DbError> {
+    let done = sqlx::query("DELETE FROM tickets WHERE id = $1 AND company_id = $2")
+        .bind(id)
+        .bind(company_id)
+        .execute(conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(DbError::NotFound("ticket"));
+    }
+    Ok(())
+}
+
+/// Serialises requests carrying the same Idempotency-Key (until commit), and
+/// returns the live record for it: (request hash, ticket id). An expired
+/// record is deleted and `None` returned.
+///
+/// # Errors
+/// Database failures.
+pub async fn claim_idempotency_key(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    key: &str,
+) -> Result<Option<(String, Uuid)>, DbError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 7))")
+        .bind(company_id.to_string())
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM ticket_idempotency_keys WHERE company_id = $1 AND key = $2 AND expires_at <= now()")
+        .bind(company_id)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_as("SELECT request_hash, ticket_id FROM ticket_idempotency_keys WHERE company_id = $1 AND key = $2")
+        .bind(company_id)
+        .bind(key)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Records an Idempotency-Key for a created ticket.
+///
+/// # Errors
+/// Database failures.
+pub async fn insert_idempotency_key(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    key: &str,
+    request_hash: &str,
+    ticket_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    sqlx::query("INSERT INTO ticket_idempotency_keys (company_id, key, request_hash, ticket_id, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(company_id)
+        .bind(key)
+        .bind(request_hash)
+        .bind(ticket_id)
+        .bind(expires_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A cheap fingerprint of a ticket's visible state, for the events stream.
+///
+/// # Errors
+/// Database failures.
+pub async fn ticket_state_version(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+) -> Result<Option<String>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT t.updated_at::text || '/' || coalesce((SELECT max(a.updated_at)::text || '/' || count(*) FROM ticket_actions a WHERE a.ticket_id = t.id AND a.company_id = t.company_id), '')
+         FROM tickets t WHERE t.id = $1 AND t.company_id = $2",
+    )
+    .bind(id)
+    .bind(company_id)
+    .fetch_optional(conn)
+    .await?)
+}

@@ -1,0 +1,204 @@
+//! Company users.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::domain::{Role, User};
+
+/// Unique constraint on `username`.
+pub const USERS_USERNAME_KEY: &str = "users_username_key";
+
+const USER_COLUMNS: &str =
+    "id, company_id, username, email, role, token_version, created_at, updated_at";
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    /// The company.
+    pub company_id: Uuid,
+    /// Lower-case username.
+    pub username: &'a str,
+    /// Email.
+    pub email: &'a str,
+    /// argon2id PHC string.
+    pub password_hash: &'a str,
+    /// Role.
+    pub role: Role,
+}
+
+fn map_user_error(e: sqlx::Error) -> DbError {
+    let err = DbError::from(e);
+    match err.constraint() {
+        Some(USERS_USERNAME_KEY) => DbError::Conflict("this username is taken".into()),
+        Some("users_username_format") => DbError::Invalid {
+            field: "username".into(),
+            message: "3 to 64 characters of a-z, 0-9, '.', '_', '@', '-'".into(),
+        },
+        Some("users_email_format") => DbError::Invalid {
+            field: "email".into(),
+            message: "must be an email address".into(),
+        },
+        _ => err,
+    }
+}
+
+/// Inserts a user.
+///
+/// # Errors
+/// [`DbError::Conflict`] for a taken username; [`DbError::Invalid`] for a bad format.
+pub async fn insert_user(conn: &mut PgConnection, user: NewUser<'_>) -> Result<User, DbError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO users (company_id, username, email, password_hash, role) VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
+    )))
+    .bind(user.company_id)
+    .bind(user.username)
+    .bind(user.email)
+    .bind(user.password_hash)
+    .bind(user.role)
+    .fetch_one(conn)
+    .await
+    .map_err(map_user_error)
+}
+
+/// The user and their password hash, by username (inside a login-lookup transaction).
+///
+/// # Errors
+/// Database failures.
+pub async fn find_login(
+    conn: &mut PgConnection,
+    username: &str,
+) -> Result<Option<(User, String)>, DbError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        user: User,
+        password_hash: String,
+    }
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1"
+    )))
+    .bind(username)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.user, r.password_hash)))
+}
+
+/// A user of the tenant.
+///
+/// # Errors
+/// [`DbError::NotFound`] otherwise.
+pub async fn find_user(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+) -> Result<User, DbError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND company_id = $2"
+    )))
+    .bind(id)
+    .bind(company_id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound("user"))
+}
+
+/// The company's users, by username.
+///
+/// # Errors
+/// Database failures.
+pub async fn list_users(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<User>, DbError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE company_id = $1 ORDER BY username LIMIT $2 OFFSET $3"
+    )))
+    .bind(company_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Changes to a user; `None` leaves a field as it is. A new password hash
+/// or role bumps `token_version`, which invalidates tokens issued before.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges<'a> {
+    /// New email.
+    pub email: Option<&'a str>,
+    /// New password hash.
+    pub password_hash: Option<&'a str>,
+    /// New role.
+    pub role: Option<Role>,
+}
+
+/// Applies changes to a user of the tenant.
+///
+/// # Errors
+/// [`DbError::NotFound`] or [`DbError::Invalid`].
+pub async fn update_user(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+    changes: UserChanges<'_>,
+) -> Result<User, DbError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET
+            email = coalesce($3, email),
+            password_hash = coalesce($4, password_hash),
+            token_version = token_version + CASE WHEN $4::text IS NOT NULL OR ($5::text IS NOT NULL AND $5::text <> role) THEN 1 ELSE 0 END,
+            role = coalesce($5, role),
+            updated_at = now()
+         WHERE id = $1 AND company_id = $2
+         RETURNING {USER_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(company_id)
+    .bind(changes.email)
+    .bind(changes.password_hash)
+    .bind(changes.role)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_user_error)?
+    .ok_or(DbError::NotFound("user"))
+}
+
+/// Deletes a user of the tenant.
+///
+/// # Errors
+/// [`DbError::NotFound`].
+pub async fn delete_user(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+) -> Result<(), DbError> {
+    let done = sqlx::query("DELETE FROM users WHERE id = $1 AND company_id = $2")
+        .bind(id)
+        .bind(company_id)
+        .execute(conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(DbError::NotFound("user"));
+    }
+    Ok(())
+}
+
+/// ADMINs of the company, locked (`FOR UPDATE`) so two concurrent demotions
+/// cannot both pass the "last ADMIN" check.
+///
+/// # Errors
+/// Database failures.
+pub async fn lock_admin_ids(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+) -> Result<Vec<Uuid>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM users WHERE company_id = $1 AND role = 'ADMIN' ORDER BY id FOR UPDATE",
+    )
+    .bind(company_id)
+    .fetch_all(conn)
+    .await?)
+}
