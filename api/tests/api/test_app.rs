@@ -82,7 +82,6 @@ pub struct Session {
     pub refresh_token: String,
     pub user_id: uuid::Uuid,
     pub company_id: uuid::Uuid,
-    pub username: String,
 }
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -151,7 +150,6 @@ impl TestApp {
             refresh_token: body["tokens"]["refresh_token"].as_str().unwrap().into(),
             user_id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
             company_id: body["company"]["id"].as_str().unwrap().parse().unwrap(),
-            username,
         }
     }
 
@@ -181,7 +179,6 @@ impl TestApp {
             refresh_token: tokens["refresh_token"].as_str().unwrap().into(),
             user_id: user["id"].as_str().unwrap().parse().unwrap(),
             company_id: admin.company_id,
-            username: username.into(),
         }
     }
 
