@@ -115,6 +115,11 @@ pub struct Config {
     /// `ACTION_TIMEOUT_SECS` (default 20): one attempt's hard limit; kept well
     /// under heartbeat × missed beats so a slow job is never taken as orphaned.
     pub action_timeout: Duration,
+    /// `RETRY_BACKOFF_BASE_MS` (default 1000): delay before the second attempt;
+    /// it doubles per attempt (with jitter) up to `RETRY_BACKOFF_CAP_SECS` (default 300).
+    pub retry_backoff_base: Duration,
+    /// `RETRY_BACKOFF_CAP_SECS` (default 300).
+    pub retry_backoff_cap: Duration,
     /// `SHUTDOWN_TIMEOUT_SECS` (default 30): how long SIGTERM waits for in-flight actions.
     pub shutdown_timeout: Duration,
     /// `IDEMPOTENCY_KEY_TTL_SECS` (default 24 h).
@@ -254,6 +259,12 @@ impl Config {
             queue_heartbeat: heartbeat,
             queue_missed_heartbeats: missed,
             action_timeout,
+            retry_backoff_base: Duration::from_millis(
+                env.parse("RETRY_BACKOFF_BASE_MS", 1000u64)?.max(1),
+            ),
+            retry_backoff_cap: Duration::from_secs(
+                env.parse("RETRY_BACKOFF_CAP_SECS", 300u64)?.max(1),
+            ),
             shutdown_timeout: Duration::from_secs(env.parse("SHUTDOWN_TIMEOUT_SECS", 30u64)?),
             idempotency_key_ttl: Duration::from_secs(
                 env.parse("IDEMPOTENCY_KEY_TTL_SECS", 24 * 3600u64)?,

@@ -45,7 +45,8 @@ pub async fn enqueue_action(
     run_at: Option<DateTime<Utc>>,
     backlog: i64,
 ) -> Result<String, DbError> {
-    let job_id = Uuid::now_v7().to_string();
+    // apalis-postgres decodes job ids as ULIDs.
+    let job_id = ulid::Ulid::generate().to_string();
     let args = serde_json::to_vec(job).map_err(|e| DbError::Invalid {
         field: "job".into(),
         message: e.to_string(),

@@ -288,6 +288,11 @@ pub struct IntegrationSettings {
     /// Actions of this integration running at once across all workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Simulated mode only: how long each simulated call takes, in
+    /// milliseconds (default 0, at most 60000), for demos and load tests
+    /// that need realistic provider latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated_latency_ms: Option<u32>,
 }
 
 impl IntegrationSettings {
@@ -312,6 +317,12 @@ impl IntegrationSettings {
                     message: "must be an http(s) URL".into(),
                 });
             }
+        }
+        if settings.simulated_latency_ms.is_some_and(|ms| ms > 60_000) {
+            return Err(CatalogueError {
+                field: format!("{prefix}.simulated_latency_ms"),
+                message: "must be at most 60000".into(),
+            });
         }
         if settings.timeout_secs.is_some_and(|t| t == 0 || t > 120) {
             return Err(CatalogueError {

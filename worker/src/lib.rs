@@ -52,9 +52,38 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
         pool,
         secrets,
         providers: providers::Providers::new().context("cannot build the HTTP client")?,
-        backoff: retry::Backoff::default(),
+        backoff: retry::Backoff {
+            base: config.retry_backoff_base,
+            cap: config.retry_backoff_cap,
+        },
         action_timeout: config.action_timeout,
     }))
+}
+
+/// Delay between restarts of a failed worker loop: 100 ms doubling to 5 s,
+/// reset after a minute without failures.
+#[derive(Default)]
+struct RestartBackoff(std::sync::Mutex<(u32, Option<std::time::Instant>)>);
+
+impl RestartBackoff {
+    fn next_delay(&self) -> Duration {
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if state
+            .1
+            .is_some_and(|last| now.duration_since(last) > Duration::from_secs(60))
+        {
+            state.0 = 0;
+        }
+        state.1 = Some(now);
+        let delay = Duration::from_millis(100u64.saturating_mul(1 << state.0.min(6)))
+            .min(Duration::from_secs(5));
+        state.0 = state.0.saturating_add(1);
+        delay
+    }
 }
 
 async fn handle(job: ActionJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
@@ -90,6 +119,7 @@ pub async fn run(
         queue = ACTION_QUEUE,
         "worker {host}-{incarnation} starting"
     );
+    let restart_backoff = RestartBackoff::default();
     Monitor::new()
         .register(move |restarts| {
             // LISTEN/NOTIFY wakes the worker at once; the 1 s poll is the
@@ -109,8 +139,15 @@ pub async fn run(
         })
         // A worker whose loop died (e.g. a long database outage) is restarted
         // under a new name; apalis's orphan rescue returns its jobs.
-        .should_restart(|_ctx, err| {
-            tracing::warn!("worker loop ended ({err}); restarting");
+        .should_restart(move |_ctx, err| {
+            // Back off between restarts so a persistent failure (database
+            // down) does not spin; the monitor's callback is synchronous.
+            let delay = restart_backoff.next_delay();
+            tracing::warn!(
+                "worker loop ended ({err}); restarting in {} ms",
+                delay.as_millis()
+            );
+            std::thread::sleep(delay);
             true
         })
         .shutdown_timeout(config.shutdown_timeout)

@@ -130,7 +130,12 @@ impl Providers {
         call: ActionCall<'_>,
     ) -> Result<Value, ProviderError> {
         match mode {
-            IntegrationMode::Simulated => simulated::execute(&call),
+            IntegrationMode::Simulated => {
+                if let Some(ms) = call.settings.simulated_latency_ms.filter(|ms| *ms > 0) {
+                    tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                }
+                simulated::execute(&call)
+            }
             IntegrationMode::Live => self.execute_live(&call).await,
         }
     }

@@ -1,0 +1,126 @@
+//! The whole path with simulated integrations: queue, secret store, status.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::harness::System;
+
+#[sqlx::test(migrations = false)]
+async fn a_ticket_with_two_actions_goes_pending_to_executed_in_order_with_both_results(
+    pool: PgPool,
+) {
+    let system = System::start(pool, 1, &[]).await;
+    let token = system.register("Acme").await;
+    let pan = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "mode": "simulated", "credentials": {"api_key": "k-123456"}}))
+        .await;
+    let splunk = system
+        .create_integration(&token, json!({"provider": "SPLUNK", "name": "siem", "mode": "simulated", "credentials": {"hec_token": "h-123456"}}))
+        .await;
+    let ticket = system
+        .create_ticket(
+            &token,
+            json!({"subject": "Block scanner", "actions": [
+                {"integration_id": pan, "action": "block_ip", "params": {"ip": "203.0.113.7"}},
+                {"integration_id": splunk, "action": "send_event", "params": {"event": {"blocked": "203.0.113.7"}}},
+            ]}),
+        )
+        .await;
+    let id = ticket["id"].as_str().unwrap();
+    let done = system
+        .wait_terminal(&token, id, Duration::from_secs(30))
+        .await;
+    assert_eq!(done["status"], "EXECUTED", "{done}");
+    assert!(done["executed_at"].is_string());
+    let actions = done["actions"].as_array().unwrap();
+    assert_eq!(actions[0]["status"], "SUCCEEDED");
+    assert_eq!(actions[1]["status"], "SUCCEEDED");
+    assert_eq!(actions[0]["result"]["simulated"], true);
+    assert_eq!(actions[0]["result"]["registered"][0]["ip"], "203.0.113.7");
+    assert_eq!(actions[1]["result"]["code"], 0);
+    assert_eq!(actions[0]["attempts"], 1);
+    // In order: the second started after the first finished.
+    let first_done: chrono::DateTime<chrono::Utc> =
+        actions[0]["finished_at"].as_str().unwrap().parse().unwrap();
+    let second_started: chrono::DateTime<chrono::Utc> =
+        actions[1]["started_at"].as_str().unwrap().parse().unwrap();
+    assert!(second_started >= first_done);
+    // One transition audited, by the system.
+    let audits: Vec<(String, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT action, actor_user_id FROM audit_logs WHERE entity_id = $1::uuid AND action = 'ticket.status_changed'")
+            .bind(id)
+            .fetch_all(&system.pool)
+            .await
+            .unwrap();
+    assert_eq!(audits, vec![("ticket.status_changed".to_owned(), None)]);
+    system.assert_invariants().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_action_whose_integration_was_deleted_derives_the_ticket_to_a_human(pool: PgPool) {
+    let system = System::start(pool, 0, &[]).await;
+    let token = system.register("Acme").await;
+    let pan = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw"}))
+        .await;
+    let ticket = system
+        .create_ticket(&token, json!({"subject": "Block", "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.1"}}]}))
+        .await;
+    let r = system
+        .client
+        .delete(system.url(&format!("/api/integrations/{pan}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut system = system;
+    system.start_worker();
+    let done = system
+        .wait_terminal(
+            &token,
+            ticket["id"].as_str().unwrap(),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(done["status"], "DERIVED", "{done}");
+    assert!(
+        done["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no integration")
+    );
+    assert_eq!(done["actions"][0]["status"], "DERIVED");
+    system.assert_invariants().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn sigterm_drains_and_exits_within_the_shutdown_timeout(pool: PgPool) {
+    let mut system = System::start(pool, 1, &[]).await;
+    let token = system.register("Acme").await;
+    let pan = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw"}))
+        .await;
+    for i in 0..20 {
+        system
+            .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.1"}}]}))
+            .await;
+    }
+    let took = system.terminate_worker(0);
+    assert!(
+        took < Duration::from_secs(8),
+        "worker took {took:?} to stop"
+    );
+    // A fresh worker finishes whatever is left; nothing is stuck.
+    system.start_worker();
+    system.wait_all_terminal(Duration::from_secs(60)).await;
+    let executed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tickets WHERE status = 'EXECUTED'")
+            .fetch_one(&system.pool)
+            .await
+            .unwrap();
+    assert_eq!(executed, 20);
+    system.assert_invariants().await;
+}
