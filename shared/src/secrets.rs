@@ -3,7 +3,8 @@
 //! [`SecretStore::put`](crate::secrets::SecretStore::put) returns.
 //!
 //! Backends: Azure Key Vault in production (`key_vault`), and an AEAD-
-//! encrypted local store for the embedded default (`local`). Values travel as
+//! encrypted local store for the embedded default (`local`); `cache` puts a
+//! short-lived read cache in front of either. Values travel as
 //! [`SecretValue`](crate::secrets::SecretValue), which never prints its content.
 
 use std::fmt;
@@ -97,6 +98,8 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn check(&self) -> Result<(), SecretError>;
 }
 
+/// An in-memory read cache in front of any store (used by the worker).
+pub mod cache;
 /// Azure Key Vault, through the official SDK.
 pub mod key_vault;
 /// The AEAD-encrypted store in Postgres, for running without Azure.
