@@ -770,7 +770,7 @@ async fn a_vault_that_does_not_answer_in_time_is_transient() {
     let store = KeyVaultSecretStore::with_options(
         &harness.config(CLIENT_SECRET),
         KeyVaultOptions {
-            operation_timeout: Duration::from_millis(500),
+            operation_timeout: Duration::from_millis(1500),
             ..harness.options()
         },
     )
@@ -778,7 +778,7 @@ async fn a_vault_that_does_not_answer_in_time_is_transient() {
     store.check().await.unwrap();
     harness
         .fake
-        .script([Scripted::Stall(Duration::from_secs(3))]);
+        .script([Scripted::Stall(Duration::from_secs(5))]);
     let err = store.check().await.unwrap_err();
     assert!(
         matches!(&err, SecretError::Transient { message, .. } if message.contains("no answer")),
