@@ -1,9 +1,11 @@
 //! The secret store: where integration credentials live. The database keeps
-//! only the identifier [`SecretStore::put`] returns.
+//! only the identifier
+//! [`SecretStore::put`](crate::secrets::SecretStore::put) returns.
 //!
 //! Backends: Azure Key Vault in production (`key_vault`), and an AEAD-
-//! encrypted local store for the embedded default (`local`). Values travel
-//! as [`SecretValue`], which never prints its content.
+//! encrypted local store for the embedded default (`local`); `cache` puts a
+//! short-lived read cache in front of either. Values travel as
+//! [`SecretValue`](crate::secrets::SecretValue), which never prints its content.
 
 use std::fmt;
 
@@ -96,6 +98,36 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn check(&self) -> Result<(), SecretError>;
 }
 
+/// An in-memory read cache in front of any store (used by the worker).
+pub mod cache;
+/// Azure Key Vault, through the official SDK.
+pub mod key_vault;
+/// The AEAD-encrypted store in Postgres, for running without Azure.
+pub mod local;
+
+/// Builds the store the configuration selects: Azure Key Vault when
+/// `AZURE_KEY_VAULT_URL` is set, else the local encrypted store. Nothing is
+/// sent yet; call [`SecretStore::check`] to see that it answers.
+///
+/// # Errors
+/// When the selected backend cannot be set up (bad key, bad vault URL,
+/// unusable credential settings).
+pub fn from_config(
+    config: &crate::config::Config,
+    pool: &sqlx::PgPool,
+) -> Result<std::sync::Arc<dyn SecretStore>, SecretError> {
+    match &config.azure {
+        Some(azure) => Ok(std::sync::Arc::new(key_vault::KeyVaultSecretStore::new(
+            azure,
+        )?)),
+        None => Ok(std::sync::Arc::new(local::LocalSecretStore::new(
+            pool.clone(),
+            config.local_secret_key.as_ref().map(|k| k.expose()),
+            std::path::Path::new(&config.local_secret_key_file),
+        )?)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,29 +149,5 @@ mod tests {
         );
         assert!(name_belongs_to(&name, c));
         assert!(!name_belongs_to(&name, Uuid::new_v4()));
-    }
-}
-
-/// The AEAD-encrypted store in Postgres, for running without Azure.
-pub mod local;
-
-/// Builds the store the configuration selects: Azure Key Vault when
-/// `AZURE_KEY_VAULT_URL` is set, else the local encrypted store.
-///
-/// # Errors
-/// When the selected backend cannot be set up (bad key, bad vault URL).
-pub fn from_config(
-    config: &crate::config::Config,
-    pool: &sqlx::PgPool,
-) -> Result<std::sync::Arc<dyn SecretStore>, SecretError> {
-    match &config.azure {
-        Some(_azure) => Err(SecretError::Permanent(
-            "Azure Key Vault backend is not built in yet; unset AZURE_KEY_VAULT_URL".into(),
-        )),
-        None => Ok(std::sync::Arc::new(local::LocalSecretStore::new(
-            pool.clone(),
-            config.local_secret_key.as_ref().map(|k| k.expose()),
-            std::path::Path::new(&config.local_secret_key_file),
-        )?)),
     }
 }

@@ -44,6 +44,9 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
         anyhow::bail!("the database schema is missing or outdated: run `api migrate` first");
     }
     let secrets = shared::secrets::from_config(config, &pool).context("secret store")?;
+    let secrets: Arc<dyn shared::secrets::SecretStore> = Arc::new(
+        shared::secrets::cache::CachedSecretStore::new(secrets, config.secret_cache_ttl),
+    );
     match secrets.check().await {
         Ok(()) => tracing::info!("secrets: {}", secrets.describe()),
         Err(e) => anyhow::bail!("secret store does not answer: {e}"),
