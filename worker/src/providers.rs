@@ -1,11 +1,17 @@
-//! One interface over every provider: [`Providers::execute`] runs a catalogue
-//! action and answers with the provider's outcome or a classified error;
-//! [`Providers::test_connection`] makes the cheapest authenticated call.
+//! One interface over every provider:
+//! [`Providers::execute`](crate::providers::Providers::execute) runs a
+//! catalogue action and answers with the provider's outcome or a classified
+//! error; [`Providers::test_connection`](crate::providers::Providers::test_connection)
+//! makes the cheapest authenticated call.
 //!
-//! Live clients are one file per provider ([`splunk`], [`palo_alto`],
-//! [`wazuh`], [`meraki`]) over the shared HTTP machinery in [`http`]
+//! Live clients are one file per provider
+//! ([`splunk`](crate::providers::splunk),
+//! [`palo_alto`](crate::providers::palo_alto),
+//! [`wazuh`](crate::providers::wazuh), [`meraki`](crate::providers::meraki))
+//! over the shared HTTP machinery in [`http`](crate::providers::http)
 //! (clients per TLS setting, error classification) and the session-token
-//! cache in [`tokens`]; [`simulated`] answers the same actions
+//! cache in [`tokens`](crate::providers::tokens);
+//! [`simulated`](crate::providers::simulated) answers the same actions
 //! deterministically with no network, for the embedded default and demos.
 //! `docs/PROVIDERS.md` has the table of actions and the error rules.
 

@@ -495,6 +495,21 @@ impl<'a> Api<'a> {
     }
 }
 
+/// A header value holding a secret: marked sensitive so it is never
+/// printed by `Debug` or logged by the HTTP stack.
+///
+/// # Errors
+/// Permanent when the secret cannot be a header value (a control
+/// character in a stored key).
+pub fn secret_header(value: &str) -> Result<reqwest::header::HeaderValue, ProviderError> {
+    let mut header =
+        reqwest::header::HeaderValue::from_str(value).map_err(|_| ProviderError::Permanent {
+            message: "a stored credential contains characters not allowed in an HTTP header".into(),
+        })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
 /// The delay a `Retry-After` header asks for: seconds, or an HTTP date (a
 /// date in the past asks for no delay).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {

@@ -224,7 +224,7 @@ async fn call(
     let request = api
         .client()
         .post(api.url(&["api", ""])?)
-        .header("X-PAN-KEY", key)
+        .header("X-PAN-KEY", http::secret_header(key)?)
         .query(query)
         .form(form);
     read(api, api.send(request).await?, "the XML API call").await

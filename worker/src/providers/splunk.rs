@@ -314,10 +314,10 @@ fn hec_request(api: &Api<'_>, channel: Option<&str>) -> Result<RequestBuilder, P
             message: "Splunk: credentials lack `hec_token` for the event collector".into(),
         })?;
     let url = api.url(&["services", "collector", "event"])?;
-    let mut request = api
-        .client()
-        .post(url)
-        .header(reqwest::header::AUTHORIZATION, format!("Splunk {token}"));
+    let mut request = api.client().post(url).header(
+        reqwest::header::AUTHORIZATION,
+        http::secret_header(&format!("Splunk {token}"))?,
+    );
     if let Some(channel) = channel {
         request = request.header("X-Splunk-Request-Channel", channel);
     }
