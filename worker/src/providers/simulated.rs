@@ -8,8 +8,11 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{ActionCall, ProviderError};
-use shared::domain::Provider;
+use super::{ActionCall, Credentials, ProviderError};
+use shared::{
+    domain::Provider,
+    providers::{IntegrationSettings, required_credentials},
+};
 
 /// Answers `call` as the provider would.
 ///
@@ -77,6 +80,35 @@ pub fn execute(call: &ActionCall<'_>) -> Result<Value, ProviderError> {
         map.insert("simulated".into(), Value::Bool(true));
     }
     Ok(result)
+}
+
+/// The simulated connection test: no network, but the credentials must
+/// hold one of the provider's accepted combinations, as live would need.
+///
+/// # Errors
+/// Permanent when the credentials lack every accepted combination.
+pub fn test_connection(
+    provider: Provider,
+    _settings: &IntegrationSettings,
+    credentials: &Credentials,
+) -> Result<Value, ProviderError> {
+    let combos = required_credentials(provider);
+    if !combos
+        .iter()
+        .any(|combo| combo.iter().all(|k| credentials.get(k).is_some()))
+    {
+        return Err(ProviderError::Permanent {
+            message: format!(
+                "{provider} needs credentials with one of: {}",
+                combos
+                    .iter()
+                    .map(|c| c.join(" + "))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        });
+    }
+    Ok(json!({"simulated": true, "provider": provider.as_str(), "connected": true}))
 }
 
 fn digest(input: &str) -> [u8; 32] {
