@@ -8,7 +8,9 @@
 )]
 
 mod auth;
+mod bad_input;
 mod health;
 mod openapi_drift;
+mod tenant_isolation;
 mod test_app;
 mod tickets;
