@@ -11,6 +11,7 @@ mod audit_logs;
 mod auth;
 mod bad_input;
 mod companies;
+mod cors;
 mod health;
 mod integrations;
 mod openapi_drift;
