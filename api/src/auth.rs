@@ -31,9 +31,28 @@ impl AuthUser {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
+
+    /// The caller, if an ADMIN.
+    ///
+    /// Handlers of a resource by id call this after looking the resource up
+    /// in the caller's company, so another company's id answers 404 whatever
+    /// the caller's role, as for every other verb.
+    ///
+    /// # Errors
+    /// 403 for a USER.
+    pub fn require_admin(self) -> Result<Self, ApiError> {
+        if self.is_admin() {
+            Ok(self)
+        } else {
+            Err(ApiError::Forbidden(
+                "this operation requires the ADMIN role".into(),
+            ))
+        }
+    }
 }
 
-/// The caller, who must be an ADMIN (403 otherwise).
+/// The caller, who must be an ADMIN (403 otherwise). For routes without a
+/// resource id; routes with one use [`AuthUser::require_admin`] after the lookup.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminUser(pub AuthUser);
 
@@ -115,11 +134,6 @@ impl FromRequestParts<AppState> for AdminUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        if !user.is_admin() {
-            return Err(ApiError::Forbidden(
-                "this operation requires the ADMIN role".into(),
-            ));
-        }
-        Ok(AdminUser(user))
+        Ok(AdminUser(user.require_admin()?))
     }
 }

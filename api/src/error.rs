@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    extract::rejection::{PathRejection, QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -165,38 +165,60 @@ impl From<shared::db::DbError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
+impl From<crate::extract::JsonBodyError> for ApiError {
+    fn from(rejection: crate::extract::JsonBodyError) -> Self {
+        use crate::extract::JsonBodyError;
         match rejection {
-            JsonRejection::JsonDataError(e) => {
-                // serde's message names the field and the expectation.
-                Self::Unprocessable {
-                    field: "body".into(),
-                    message: e
-                        .body_text()
-                        .trim_start_matches(
-                            "Failed to deserialize the JSON body into the target type: ",
-                        )
-                        .to_owned(),
-                }
-            }
-            JsonRejection::JsonSyntaxError(e) => Self::BadRequest(format!(
-                "malformed JSON: {}",
-                e.body_text()
-                    .trim_start_matches("Failed to parse the request body as JSON: ")
-            )),
-            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType(
+            JsonBodyError::NotJson => Self::UnsupportedMediaType(
                 "expected a body with `Content-Type: application/json`".into(),
             ),
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            JsonBodyError::Unreadable(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Self::PayloadTooLarge(format!(
                     "the request body exceeds the limit of {} bytes",
                     crate::BODY_LIMIT_BYTES
                 ))
             }
-            other => Self::BadRequest(other.body_text()),
+            JsonBodyError::Unreadable(e) => {
+                Self::BadRequest(format!("cannot read the request body: {}", e.body_text()))
+            }
+            JsonBodyError::Malformed(e) => Self::BadRequest(format!("malformed JSON: {e}")),
+            JsonBodyError::Mismatch(e) => {
+                let (field, message) = mismatch_field(&e);
+                Self::Unprocessable { field, message }
+            }
         }
     }
+}
+
+/// The field a well-formed body is wrong at, as a dotted path
+/// (`actions[0].integration_id`), and serde's message without its position
+/// suffix. A missing field is named by its own path; an error at the top
+/// level (the body is not an object) is named `body`.
+fn mismatch_field(e: &serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
+    let message = if e.inner().is_data() {
+        let message = e.inner().to_string();
+        match message.rfind(" at line ") {
+            Some(at) => message[..at].to_owned(),
+            None => message,
+        }
+    } else {
+        // serde_json reports a number or object where an enum's string
+        // belongs as "expected value", a syntax error, on well-formed JSON.
+        "invalid value: not of the expected type".to_owned()
+    };
+    let path = e.path().to_string();
+    let path = (path != ".").then_some(path);
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    let field = match (path, missing) {
+        (Some(path), Some(name)) => format!("{path}.{name}"),
+        (None, Some(name)) => name,
+        (Some(path), None) => path,
+        (None, None) => "body".to_owned(),
+    };
+    (field, message)
 }
 
 impl From<PathRejection> for ApiError {

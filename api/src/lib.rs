@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use axum::{
     Router,
+    extract::DefaultBodyLimit,
     http::{HeaderName, HeaderValue, Method, header},
 };
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
-    limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     services::ServeDir,
     trace::TraceLayer,
@@ -35,7 +35,9 @@ pub mod state;
 use error::ApiError;
 use state::AppState;
 
-/// Request bodies above this size are refused with 413.
+/// Request bodies above this size are refused with 413 (a problem document:
+/// the limit is enforced by the body extractors, whose rejection maps to
+/// [`ApiError::PayloadTooLarge`], not by a middleware answering in plain text).
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -51,15 +53,21 @@ pub fn router_with_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// static frontend at `/`, problem+json fallbacks, and the middleware stack.
 pub fn build_app(state: AppState) -> Router {
     let (router, api) = router_with_doc();
-    let frontend = ServeDir::new(&state.config.frontend_dir).append_index_html_on_directories(true);
+    // A path that is neither a route nor a file, with any method, answers
+    // the same 404 problem document (ServeDir alone would answer an empty 404,
+    // or a 405 for a method other than GET and HEAD).
+    let frontend = ServeDir::new(&state.config.frontend_dir)
+        .append_index_html_on_directories(true)
+        .call_fallback_on_method_not_allowed(true)
+        .fallback(axum::routing::any(not_found));
     let cors = cors_layer(&state.config.cors_origins);
     router
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", api))
         .nest_service("/app", frontend.clone())
-        .fallback_service(frontend.fallback(axum::routing::any(not_found)))
+        .fallback_service(frontend)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(

@@ -14,7 +14,10 @@ macro_rules! text_enum {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
         #[sqlx(type_name = "text")]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] #[sqlx(rename = $text)] $variant),+
+            // `schema(rename)` too: utoipa reads serde's `rename` token by token
+            // and misses a literal passed through this macro, which left the
+            // OpenAPI enums spelled `Admin`, `PaloAlto`, ... instead of the wire's.
+            $($(#[$vmeta])* #[serde(rename = $text)] #[schema(rename = $text)] #[sqlx(rename = $text)] $variant),+
         }
 
         impl $name {

@@ -378,7 +378,19 @@ async fn refresh_token(
         Err(e) => return Err(e.into()),
     };
     if user.token_version != claims.ver {
-        db::refresh_tokens::revoke_family(&mut tx, stored.family_id).await?;
+        let revoked = db::refresh_tokens::revoke_family(&mut tx, stored.family_id).await?;
+        db::audit::insert_audit_event(
+            &mut tx,
+            NewAuditEvent {
+                company_id: claims.company_id,
+                actor_user_id: Some(user.id),
+                action: "auth.refresh_stale",
+                entity_type: "user",
+                entity_id: Some(user.id),
+                payload: json!({"family_id": stored.family_id, "revoked_tokens": revoked}),
+            },
+        )
+        .await?;
         tx.commit().await.map_err(db::DbError::from)?;
         return Err(ApiError::Unauthorized(
             "the token predates a password or role change; log in again".into(),
@@ -386,6 +398,18 @@ async fn refresh_token(
     }
     let (tokens, new_id) = issue_session(&state, &mut tx, &user, stored.family_id).await?;
     db::refresh_tokens::mark_rotated(&mut tx, stored.id, new_id).await?;
+    db::audit::insert_audit_event(
+        &mut tx,
+        NewAuditEvent {
+            company_id: claims.company_id,
+            actor_user_id: Some(user.id),
+            action: "auth.refreshed",
+            entity_type: "user",
+            entity_id: Some(user.id),
+            payload: json!({"family_id": stored.family_id}),
+        },
+    )
+    .await?;
     tx.commit().await.map_err(db::DbError::from)?;
     Ok(Json(tokens))
 }

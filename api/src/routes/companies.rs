@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    auth::{AdminUser, AuthUser},
+    auth::AuthUser,
     error::ApiError,
     extract::{Json, Path},
     state::AppState,
@@ -114,13 +114,14 @@ async fn get_company(
     ))]
 async fn update_company(
     State(state): State<AppState>,
-    AdminUser(user): AdminUser,
+    user: AuthUser,
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateCompanyRequest>,
 ) -> Result<Json<CompanyResponse>, ApiError> {
     if id != user.company_id {
         return Err(ApiError::NotFound("company not found".into()));
     }
+    let user = user.require_admin()?;
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid("name", "must be 1 to 200 characters"));

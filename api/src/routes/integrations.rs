@@ -326,15 +326,16 @@ async fn get_integration(
     ))]
 async fn update_integration(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    caller: AuthUser,
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateIntegrationRequest>,
 ) -> Result<Json<IntegrationResponse>, ApiError> {
+    let mut tx = db::begin_tenant(&state.pool, caller.company_id).await?;
+    let before = db::integrations::find_integration(&mut tx, caller.company_id, id).await?;
+    tx.commit().await.map_err(db::DbError::from)?;
+    let admin = caller.require_admin()?;
     let name = body.name.as_deref().map(check_name).transpose()?;
     let settings = body.settings.as_ref().map(check_settings).transpose()?;
-    let mut tx = db::begin_tenant(&state.pool, admin.company_id).await?;
-    let before = db::integrations::find_integration(&mut tx, admin.company_id, id).await?;
-    tx.commit().await.map_err(db::DbError::from)?;
     if let Some(credentials) = &body.credentials {
         validate_credentials(before.provider, credentials, "credentials")
             .map_err(|e| ApiError::invalid(e.field, e.message))?;
@@ -396,11 +397,12 @@ async fn update_integration(
     ))]
 async fn delete_integration(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    caller: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = db::begin_tenant(&state.pool, admin.company_id).await?;
-    let integration = db::integrations::find_integration(&mut tx, admin.company_id, id).await?;
+    let mut tx = db::begin_tenant(&state.pool, caller.company_id).await?;
+    let integration = db::integrations::find_integration(&mut tx, caller.company_id, id).await?;
+    let admin = caller.require_admin()?;
     db::integrations::delete_integration(&mut tx, admin.company_id, id).await?;
     audit(
         &mut tx,
@@ -433,11 +435,12 @@ async fn delete_integration(
     ))]
 async fn get_integration_credentials(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    caller: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<CredentialsResponse>, ApiError> {
-    let mut tx = db::begin_tenant(&state.pool, admin.company_id).await?;
-    let integration = db::integrations::find_integration(&mut tx, admin.company_id, id).await?;
+    let mut tx = db::begin_tenant(&state.pool, caller.company_id).await?;
+    let integration = db::integrations::find_integration(&mut tx, caller.company_id, id).await?;
+    let admin = caller.require_admin()?;
     let secret_id = integration
         .keyvault_secret_id
         .ok_or_else(|| ApiError::NotFound("this integration has no stored credentials".into()))?;

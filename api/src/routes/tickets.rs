@@ -566,11 +566,6 @@ async fn update_ticket(
     let derive_reason = match body.status {
         None => None,
         Some(TicketStatus::Derived) => {
-            if !user.is_admin() {
-                return Err(ApiError::Forbidden(
-                    "only an ADMIN may derive a ticket".into(),
-                ));
-            }
             let reason = body
                 .status_reason
                 .as_deref()
@@ -599,6 +594,12 @@ async fn update_ticket(
     }
     let mut tx = db::begin_tenant(&state.pool, user.company_id).await?;
     let before = db::tickets::lock_ticket(&mut tx, user.company_id, id).await?;
+    // After the lookup, so another company's ticket answers 404 to any role.
+    if derive_reason.is_some() && !user.is_admin() {
+        return Err(ApiError::Forbidden(
+            "only an ADMIN may derive a ticket".into(),
+        ));
+    }
     if before.status != TicketStatus::Pending {
         return Err(ApiError::Conflict(format!(
             "the ticket is {} and can no longer change",

@@ -375,11 +375,12 @@ async fn update_user(
     ))]
 async fn delete_user(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    caller: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = db::begin_tenant(&state.pool, admin.company_id).await?;
-    let target = db::users::find_user(&mut tx, admin.company_id, id).await?;
+    let mut tx = db::begin_tenant(&state.pool, caller.company_id).await?;
+    let target = db::users::find_user(&mut tx, caller.company_id, id).await?;
+    let admin = caller.require_admin()?;
     if target.role == Role::Admin {
         let admins = db::users::lock_admin_ids(&mut tx, admin.company_id).await?;
         if admins.len() <= 1 {

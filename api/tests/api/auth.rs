@@ -1,7 +1,9 @@
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::test_app::{PASSWORD, TestApp, assert_problem};
+use crate::test_app::{PASSWORD, TestApp, assert_problem, test_config};
 
 #[sqlx::test(migrations = false)]
 async fn register_creates_company_and_admin_in_one_transaction_and_refuses_duplicates(
@@ -329,4 +331,224 @@ async fn users_follow_the_role_rules_and_the_last_admin_stays(pool: PgPool) {
         .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert_eq!(page["next_offset"], 2);
+}
+
+/// Claims for `session`'s user as the api issues them, valid for 10 minutes.
+fn claims_for(session: &crate::test_app::Session) -> Value {
+    let config = test_config(&[]);
+    let now = chrono::Utc::now().timestamp();
+    json!({
+        "sub": session.user_id, "company_id": session.company_id, "role": "ADMIN", "typ": "access",
+        "jti": uuid::Uuid::new_v4(), "iat": now, "nbf": now, "exp": now + 600,
+        "iss": config.jwt_issuer, "aud": config.jwt_audience, "ver": 0,
+    })
+}
+
+fn secret() -> String {
+    test_config(&[]).jwt_secret.expose().to_owned()
+}
+
+fn forge(alg: Algorithm, claims: &Value, secret: &str) -> String {
+    encode(
+        &Header::new(alg),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token whose header names `alg` but whose signature is HMAC-SHA256 with
+/// the api's secret (the classic algorithm-confusion forgery).
+fn forge_with_header(header: &str, claims: &Value) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_secret(secret().as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{signing_input}.{signature}")
+}
+
+#[sqlx::test(migrations = false)]
+async fn forged_tampered_expired_and_misaddressed_tokens_are_401_problems(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.register_company("Acme").await;
+    let other = app.register_company("Bravo").await;
+    let claims = claims_for(&admin);
+    let now = chrono::Utc::now().timestamp();
+
+    // Control: a token forged exactly as the api issues them is accepted, so
+    // each refusal below is about the one thing changed.
+    let good = forge(Algorithm::HS256, &claims, &secret());
+    let me = app.get("/api/auth/me", &good).await;
+    assert_eq!(me.status(), 200);
+    assert_eq!(
+        me.json::<Value>().await.unwrap()["id"],
+        json!(admin.user_id)
+    );
+    // Expired 20 s ago is within the 30 s leeway.
+    let mut recent = claims.clone();
+    recent["exp"] = json!(now - 20);
+    let recent = forge(Algorithm::HS256, &recent, &secret());
+    assert_eq!(app.get("/api/auth/me", &recent).await.status(), 200);
+
+    let with = |key: &str, value: Value| {
+        let mut c = claims.clone();
+        c[key] = value;
+        c
+    };
+    let without = |key: &str| {
+        let mut c = claims.clone();
+        c.as_object_mut().unwrap().remove(key);
+        c
+    };
+    let mut flipped: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let mut payload = URL_SAFE_NO_PAD.decode(&flipped[1]).unwrap();
+    let at = payload.len() / 2;
+    payload[at] ^= 0x01;
+    flipped[1] = URL_SAFE_NO_PAD.encode(payload);
+    let mut expired = with("exp", json!(now - 61));
+    expired["iat"] = json!(now - 700);
+    expired["nbf"] = json!(now - 700);
+
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            ),
+        ),
+        (
+            "alg HS512 with the right key",
+            forge(Algorithm::HS512, &claims, &secret()),
+        ),
+        (
+            "alg RS256 header over an HMAC signature",
+            forge_with_header(r#"{"alg":"RS256","typ":"JWT"}"#, &claims),
+        ),
+        (
+            "another key",
+            forge(
+                Algorithm::HS256,
+                &claims,
+                "another-secret-key-that-is-long-enough-00",
+            ),
+        ),
+        (
+            "expired 61 s ago",
+            forge(Algorithm::HS256, &expired, &secret()),
+        ),
+        (
+            "not valid for 120 s",
+            forge(Algorithm::HS256, &with("nbf", json!(now + 120)), &secret()),
+        ),
+        (
+            "wrong issuer",
+            forge(
+                Algorithm::HS256,
+                &with("iss", json!("someone-else")),
+                &secret(),
+            ),
+        ),
+        (
+            "wrong audience",
+            forge(
+                Algorithm::HS256,
+                &with("aud", json!("another-api")),
+                &secret(),
+            ),
+        ),
+        (
+            "no expiry",
+            forge(Algorithm::HS256, &without("exp"), &secret()),
+        ),
+        (
+            "a refresh token",
+            forge(Algorithm::HS256, &with("typ", json!("refresh")), &secret()),
+        ),
+        (
+            "an older token version",
+            forge(Algorithm::HS256, &with("ver", json!(-1)), &secret()),
+        ),
+        (
+            "a role the user does not have",
+            forge(Algorithm::HS256, &with("role", json!("USER")), &secret()),
+        ),
+        (
+            "the user in another company",
+            forge(
+                Algorithm::HS256,
+                &with("company_id", json!(other.company_id)),
+                &secret(),
+            ),
+        ),
+        ("a flipped payload byte", flipped.join(".")),
+        (
+            "no signature",
+            good.rsplit_once('.').unwrap().0.to_owned() + ".",
+        ),
+        ("not a JWT", "a.b.c".to_owned()),
+    ];
+    let before = app.snapshot().await;
+    for (name, token) in cases {
+        let problem = assert_problem(app.get("/api/auth/me", &token).await, 401).await;
+        assert_eq!(problem["title"], "Unauthorized", "{name}");
+        // The same tokens cannot act either.
+        let response = app
+            .post_json("/api/tickets", Some(&token), &json!({"subject": "forged"}))
+            .await;
+        assert_problem(response, 401).await;
+    }
+    crate::test_app::assert_unchanged(&before, &app.snapshot().await, "after forged tokens");
+}
+
+#[sqlx::test(migrations = false)]
+async fn after_logout_the_access_token_works_until_it_expires_but_the_refresh_token_is_dead(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.register_company("Acme").await;
+    let response = app
+        .post_json(
+            "/api/auth/logout",
+            None,
+            &json!({"refresh_token": admin.refresh_token}),
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    // Access tokens are stateless (checked by signature, expiry, and the
+    // user's current role and token version): logout cannot recall one, so
+    // it lives out its hour. Changing the password or role does recall it.
+    let me = app.get("/api/auth/me", &admin.access_token).await;
+    assert_eq!(me.status(), 200);
+    assert_eq!(
+        me.json::<Value>().await.unwrap()["id"],
+        json!(admin.user_id)
+    );
+    let problem = assert_problem(
+        app.post_json(
+            "/api/auth/refresh",
+            None,
+            &json!({"refresh_token": admin.refresh_token}),
+        )
+        .await,
+        401,
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("revoked"),
+        "{problem}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NULL")
+            .await,
+        0
+    );
 }

@@ -64,3 +64,47 @@ async fn every_response_carries_a_request_id(pool: PgPool) {
     let response = app.client.get(app.url("/health")).send().await.unwrap();
     assert!(response.headers().contains_key("x-request-id"));
 }
+
+#[sqlx::test(migrations = false)]
+async fn swagger_ui_is_served_with_its_own_assets_and_the_live_document(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let response = app.client.get(app.url("/api/docs/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    // Offline: every script and stylesheet comes from the api itself.
+    for attr in ["src=\"http", "href=\"http", "src='http", "href='http"] {
+        assert!(!html.contains(attr), "external asset in {html}");
+    }
+    for (asset, min_len) in [
+        ("/api/docs/swagger-ui-bundle.js", 100_000),
+        ("/api/docs/swagger-ui.css", 10_000),
+    ] {
+        let response = app.client.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{asset}");
+        assert!(response.bytes().await.unwrap().len() > min_len, "{asset}");
+    }
+    let initializer = app
+        .client
+        .get(app.url("/api/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(initializer.contains("/api/openapi.json"), "{initializer}");
+    let served: Value = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        served,
+        serde_json::to_value(txdx_api::openapi::document()).unwrap()
+    );
+}

@@ -7,8 +7,14 @@
     reason = "tests fail loudly on setup errors"
 )]
 
+mod audit_logs;
 mod auth;
+mod bad_input;
+mod companies;
+mod cors;
 mod health;
+mod integrations;
 mod openapi_drift;
+mod tenant_isolation;
 mod test_app;
 mod tickets;

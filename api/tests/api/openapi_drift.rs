@@ -36,3 +36,28 @@ fn every_operation_has_an_operation_id_and_error_responses_use_problem_json() {
         }
     }
 }
+
+/// The document's enums list exactly what the API sends and accepts (a
+/// client generated from it once refused `"ADMIN"` as a Role).
+#[test]
+fn documented_enum_values_are_the_wire_spelling() {
+    use shared::domain::{ActionStatus, IntegrationMode, Provider, Role, TicketStatus};
+    fn wire<T: serde::Serialize>(all: &[T]) -> serde_json::Value {
+        serde_json::to_value(all).unwrap()
+    }
+    let doc = serde_json::to_value(txdx_api::openapi::document()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for (name, expected) in [
+        ("Role", wire(Role::ALL)),
+        ("TicketStatus", wire(TicketStatus::ALL)),
+        ("ActionStatus", wire(ActionStatus::ALL)),
+        ("Provider", wire(Provider::ALL)),
+        ("IntegrationMode", wire(IntegrationMode::ALL)),
+    ] {
+        assert_eq!(schemas[name]["enum"], expected, "{name}");
+    }
+    assert_eq!(
+        schemas["Role"]["enum"],
+        serde_json::json!(["ADMIN", "USER"])
+    );
+}

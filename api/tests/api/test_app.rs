@@ -1,7 +1,10 @@
 //! `TestApp`: the application built by the same `build_app` as `main`,
 //! served on 127.0.0.1:0, with helpers that read like the API.
 
-use std::{collections::HashMap, sync::Arc, sync::OnceLock};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, OnceLock},
+};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use shared::config::Config;
@@ -209,6 +212,77 @@ impl TestApp {
     pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+
+    /// Sends `method path` with an optional bearer token and JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Creates a ticket as `session` and returns its JSON.
+    pub async fn create_ticket(
+        &self,
+        session: &Session,
+        body: &serde_json::Value,
+    ) -> serde_json::Value {
+        let response = self
+            .post_json("/api/tickets", Some(&session.access_token), body)
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    /// Every row of every table in the `public` and `apalis` schemas, as
+    /// text, by table (read as the superuser the pool connects as, so row-level
+    /// security hides nothing). Two equal snapshots mean nothing changed.
+    pub async fn snapshot(&self) -> BTreeMap<String, Vec<String>> {
+        let tables: Vec<(String, String)> = sqlx::query_as(
+            "SELECT table_schema, table_name FROM information_schema.tables
+             WHERE table_schema IN ('public', 'apalis') AND table_type = 'BASE TABLE'
+             ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        assert!(tables.len() > 10, "too few tables found: {tables:?}");
+        let mut snapshot = BTreeMap::new();
+        for (schema, table) in tables {
+            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                r#"SELECT t::text FROM "{schema}"."{table}" t ORDER BY 1"#
+            )))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+            snapshot.insert(format!("{schema}.{table}"), rows);
+        }
+        snapshot
+    }
+}
+
+/// Asserts that two snapshots are equal, naming the tables that differ.
+pub fn assert_unchanged(
+    before: &BTreeMap<String, Vec<String>>,
+    after: &BTreeMap<String, Vec<String>>,
+    context: &str,
+) {
+    let changed: Vec<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|table| before.get(*table) != after.get(*table))
+        .collect();
+    assert!(changed.is_empty(), "{context}: tables changed: {changed:?}");
 }
 
 /// Asserts a problem+json response with `status` and returns its body.
