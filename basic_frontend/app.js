@@ -265,7 +265,9 @@ function scheduleRefresh() {
   if (!session) return;
   const lifetime = session.access_expires_at - Date.now();
   const margin = Math.min(60_000, lifetime / 5);
-  refreshTimer = setTimeout(() => refreshTokens().catch(() => {}), Math.max(1000, lifetime - margin));
+  // setTimeout takes at most 2^31-1 ms (24.8 days); longer delays would fire at once.
+  const delay = Math.min(2 ** 31 - 1, Math.max(1000, lifetime - margin));
+  refreshTimer = setTimeout(() => refreshTokens().catch(() => {}), delay);
 }
 
 /** Exchanges the refresh token for a new pair; concurrent callers share one request. True on success. */
@@ -635,16 +637,16 @@ function setupTicketForm() {
 
 // ------------------------------------------------------- tickets: detail --
 
-/** Shows one ticket and follows it live until it is terminal. */
-async function showTicket(id) {
+/** Shows one ticket (fetched, unless just `loaded`) and follows it live until it is terminal. */
+async function showTicket(id, loaded = null) {
   showTicketPane('detail');
   const controller = new AbortController();
   viewCleanup = () => controller.abort();
   const pane = $('#ticket-detail');
   fill(pane, h('p', { class: 'hint' }, 'Loading…'));
-  let ticket;
+  let ticket = loaded;
   try {
-    ticket = await api('GET', `/api/tickets/${id}`);
+    ticket ??= await api('GET', `/api/tickets/${id}`);
   } catch (err) {
     const box = h('div', { class: 'form-problem' });
     fill(pane, h('a', { href: '#/tickets' }, '← All tickets'), box);
@@ -812,13 +814,13 @@ async function deleteTicket(ticket) {
   } catch (err) { showProblem($('#ticket-problem'), err); }
 }
 
-/** Runs a change of the shown ticket, then re-shows it (which restarts the live stream if needed). */
+/** Runs a change of the shown ticket, then shows the answer (restarting the live stream if needed). */
 async function ticketChange(call, message) {
   try {
     const updated = await call();
     flash(message);
     leaveCurrentView();
-    showTicket(updated.id);
+    showTicket(updated.id, updated);
   } catch (err) { showProblem($('#ticket-problem'), err); }
 }
 

@@ -40,12 +40,18 @@ export async function startBrowser() {
   return { context, close };
 }
 
-/** A new tab on the app, accepting confirm() dialogs and collecting page errors. */
-export async function openPage(context, { viewport = DESKTOP, path = '/' } = {}) {
+/**
+ * A new tab on the app. confirm() dialogs are accepted; prompt() dialogs get
+ * the next string pushed on `page.promptAnswers`. Uncaught script errors
+ * collect in `page.errors`. `fakeClock` installs Playwright's clock first.
+ */
+export async function openPage(context, { viewport = DESKTOP, path = '/', fakeClock = false } = {}) {
   const page = await context.newPage();
   page.errors = [];
+  page.promptAnswers = [];
   page.on('pageerror', (err) => page.errors.push(err));
-  page.on('dialog', (dialog) => dialog.accept(dialog.type() === 'prompt' ? 'handled in a test' : undefined));
+  page.on('dialog', (dialog) => dialog.accept(dialog.type() === 'prompt' ? page.promptAnswers.shift() ?? '' : undefined));
+  if (fakeClock) await page.clock.install();
   await page.setViewportSize(viewport);
   await page.goto(new URL(path, BASE_URL).href);
   return page;

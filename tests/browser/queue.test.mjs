@@ -6,6 +6,7 @@
 // 2. The real walk (a live integration pointed at a closed port fails, is
 //    fixed, retried from the Queue tab and reaches EXECUTED). It is skipped
 //    while GET /api/jobs answers 404 and turns on by itself once it exists.
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -24,8 +25,8 @@ const JOBS_API_MISSING = probe.status === 404
 function job(overrides) {
   const now = new Date().toISOString();
   return {
-    id: crypto.randomUUID(), ticket_id: crypto.randomUUID(), ticket_subject: 'Block scanner 203.0.113.7',
-    position: 0, provider: 'PALO_ALTO', action: 'block_ip', integration_id: crypto.randomUUID(),
+    id: randomUUID(), ticket_id: randomUUID(), ticket_subject: 'Block scanner 203.0.113.7',
+    position: 0, provider: 'PALO_ALTO', action: 'block_ip', integration_id: randomUUID(),
     status: 'SUCCEEDED', attempts: 1, max_attempts: 5, last_error: null, next_attempt_at: null,
     started_at: now, finished_at: now, created_at: now, ...overrides,
   };

@@ -28,8 +28,12 @@ if [[ "${1:-}" == "--serve" ]]; then SERVE_ONLY=1; shift; fi
 # ------------------------------------------------------------ prerequisites --
 
 ensure_node_modules() {
+    command -v node >/dev/null || die "node not found: install Node.js 18 or newer (Debian: apt-get install nodejs npm)"
+    local major
+    major="$(node -p 'process.versions.node.split(".")[0]')"
+    [[ "$major" -ge 18 ]] || die "Node.js $(node --version) is too old: the tests need 18 or newer"
     if [[ ! -f "$HERE/node_modules/playwright-core/package.json" ]]; then
-        command -v npm >/dev/null || die "npm not found: install Node.js 20 or newer"
+        command -v npm >/dev/null || die "npm not found: install it beside Node.js (Debian: apt-get install npm)"
         say "installing the test's npm dependencies (playwright-core: no browser download)"
         (cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
     fi
