@@ -755,7 +755,7 @@ function renderTicket(ticket, liveState) {
     h('div', { class: 'card ticket-head' },
       h('div', { class: 'ticket-title' }, h('h2', {}, ticket.subject), badge(ticket.status)),
       ticket.description ? h('p', { class: 'description' }, ticket.description) : null,
-      ticket.status_reason ? h('p', { class: 'reason' }, h('strong', {}, 'Reason: '), ticket.status_reason) : null,
+      ticket.status_reason ? h('p', { class: `reason reason-${ticket.status.toLowerCase()}` }, h('strong', {}, 'Reason: '), ticket.status_reason) : null,
       h('dl', { class: 'meta' },
         h('dt', {}, 'Id'), h('dd', {}, h('code', {}, ticket.id)),
         h('dt', {}, 'Created'), h('dd', {}, fmtTime(ticket.created_at)),
