@@ -32,6 +32,7 @@ use utoipa::{
         (name = "integrations", description = "Provider connections; credentials live in the secret store"),
         (name = "tickets", description = "Tickets and their provider actions"),
         (name = "audit", description = "The audit trail"),
+        (name = "jobs", description = "A company's automation jobs and queue statistics (ADMIN)"),
         (name = "health", description = "Liveness, readiness, metrics"),
     )
 )]

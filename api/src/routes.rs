@@ -10,6 +10,7 @@ pub mod auth;
 pub mod companies;
 pub mod health;
 pub mod integrations;
+pub mod jobs;
 pub mod tickets;
 pub mod users;
 
@@ -23,4 +24,5 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(integrations::routes())
         .merge(tickets::routes())
         .merge(audit_logs::routes())
+        .merge(jobs::routes())
 }

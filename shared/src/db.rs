@@ -229,5 +229,7 @@ pub mod users;
 pub use sqlx::PgConnection;
 /// Integrations.
 pub mod integrations;
+/// Jobs (actions) as company ADMINs see them; queue statistics.
+pub mod queue;
 /// Tickets, their actions, idempotency keys.
 pub mod tickets;

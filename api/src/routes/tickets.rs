@@ -191,7 +191,7 @@ pub struct TicketResponse {
 }
 
 impl TicketResponse {
-    fn new(t: Ticket, actions: Option<Vec<TicketAction>>) -> Self {
+    pub(crate) fn new(t: Ticket, actions: Option<Vec<TicketAction>>) -> Self {
         Self {
             id: t.id,
             company_id: t.company_id,

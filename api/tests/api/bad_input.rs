@@ -14,6 +14,7 @@ struct Fixture {
     admin: Session,
     integration_id: String,
     ticket_id: String,
+    job_id: String,
 }
 
 async fn fixture(app: &TestApp) -> Fixture {
@@ -25,10 +26,17 @@ async fn fixture(app: &TestApp) -> Fixture {
     let ticket = app
         .create_ticket(&admin, &json!({"subject": "Investigate"}))
         .await;
+    let with_job = app
+        .create_ticket(
+            &admin,
+            &json!({"subject": "Block", "actions": [{"integration_id": integration_id, "action": "block_ip", "params": {"ip": "203.0.113.7"}}]}),
+        )
+        .await;
     Fixture {
         admin,
         integration_id,
         ticket_id: ticket["id"].as_str().unwrap().to_owned(),
+        job_id: with_job["actions"][0]["id"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -160,6 +168,15 @@ fn body_endpoints(f: &Fixture) -> Vec<BodyEndpoint> {
             json!({"subject": "Renamed"}),
             None,
             ("subject", json!({"a": 1})),
+        ),
+        e(
+            Method::POST,
+            "/api/jobs/{id}/cancel",
+            &f.job_id,
+            true,
+            json!({"reason": "false positive"}),
+            None,
+            ("reason", json!(42)),
         ),
     ]
 }

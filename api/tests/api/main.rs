@@ -14,6 +14,7 @@ mod companies;
 mod cors;
 mod health;
 mod integrations;
+mod jobs;
 mod openapi_drift;
 mod tenant_isolation;
 mod test_app;

@@ -64,6 +64,7 @@ impl Tenant {
             Some("users") => self.other_user_id,
             Some("integrations") => self.integration_id,
             Some("tickets") => self.ticket_id,
+            Some("jobs") => self.action_id,
             other => panic!("no id of resource {other:?} for {path}: add it to Tenant::id_for"),
         }
     }
@@ -90,6 +91,8 @@ impl Tenant {
 fn cases_for(method: &str, path: &str) -> Vec<Option<Value>> {
     match (method, path) {
         ("get" | "delete", _) => vec![None],
+        ("post", "/api/jobs/{id}/retry") => vec![None],
+        ("post", "/api/jobs/{id}/cancel") => vec![None, Some(json!({"reason": "mine now"}))],
         ("put", "/api/companies/{id}") => vec![Some(json!({"name": "Hijacked"}))],
         ("put", "/api/users/{id}") => vec![
             Some(json!({"email": "hijacked@evil.example"})),
@@ -204,6 +207,8 @@ async fn list_endpoints_never_return_another_companys_rows(pool: PgPool) {
             "/api/audit-logs",
             "/api/companies",
             "/api/integrations",
+            "/api/jobs",
+            "/api/queue/stats",
             "/api/tickets",
             "/api/users"
         ]
@@ -215,7 +220,9 @@ async fn list_endpoints_never_return_another_companys_rows(pool: PgPool) {
             let response = app.get(path, &session.access_token).await;
             let status = response.status().as_u16();
             let text = response.text().await.unwrap();
-            if path == "/api/audit-logs" && role == "USER" {
+            if ["/api/audit-logs", "/api/jobs", "/api/queue/stats"].contains(&path.as_str())
+                && role == "USER"
+            {
                 assert_eq!(status, 403, "{text}");
                 continue;
             }
@@ -230,6 +237,12 @@ async fn list_endpoints_never_return_another_companys_rows(pool: PgPool) {
                 !text.contains("Alpha") && !text.contains("alpha-"),
                 "{text}"
             );
+            if path == "/api/queue/stats" {
+                // Counts only: exactly Bravo's one pending action, none of Alpha's.
+                let stats: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(stats["by_status"]["PENDING"], 1, "{text}");
+                continue;
+            }
             assert!(
                 bravo_ids.iter().any(|id| text.contains(id.as_str())),
                 "GET {path} as Bravo's {role} shows none of Bravo's rows: {text}"
