@@ -21,6 +21,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 /// Authentication extractors.
 pub mod auth;
+/// The operators' queue board (apalis-board) behind operator authentication.
+pub mod board;
 /// Problem+json errors: the only place that maps failures to statuses.
 pub mod error;
 /// Extractors with problem+json rejections.
@@ -61,8 +63,10 @@ pub fn build_app(state: AppState) -> Router {
         .call_fallback_on_method_not_allowed(true)
         .fallback(axum::routing::any(not_found));
     let cors = cors_layer(&state.config.cors_origins);
+    let board = board::routes(&state);
     router
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", api))
+        .merge(board)
         .nest_service("/app", frontend.clone())
         .fallback_service(frontend)
         .method_not_allowed_fallback(method_not_allowed)

@@ -22,6 +22,14 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document as YAML.
     Openapi,
+    /// Create a platform operator for the queue board (or reset its
+    /// password). The password is prompted for on a terminal, or read as
+    /// one line from standard input; never taken from the command line.
+    CreateOperator {
+        /// The operator's username.
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[tokio::main]
@@ -49,6 +57,7 @@ async fn main() -> ExitCode {
     shared::telemetry::init(&config.log_filter, config.log_format);
     let result = match cli.command {
         Some(Command::Migrate) => migrate(&config).await,
+        Some(Command::CreateOperator { username }) => create_operator(&config, &username).await,
         _ => serve(config).await,
     };
     match result {
@@ -65,6 +74,35 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     let pool = shared::db::connect_lazy(config.database_url.expose(), 2)?;
     shared::db::migrate(&pool).await?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn create_operator(config: &Config, username: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let username = username.trim().to_lowercase();
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for operator {username}: "))?;
+        let again = rpassword::prompt_password("Repeat it: ")?;
+        anyhow::ensure!(first == again, "the passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    shared::auth::password::check_policy(&password, &username)
+        .map_err(|e| anyhow::anyhow!("password: {e}"))?;
+    let hash =
+        tokio::task::spawn_blocking(move || shared::auth::password::hash_password(&password))
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = shared::db::connect_lazy(config.database_url.expose(), 2)?;
+    shared::db::migrate(&pool).await?;
+    let created = shared::db::operators::upsert_operator(&pool, &username, &hash).await?;
+    println!(
+        "operator {username} {}; sign in at /board",
+        if created { "created" } else { "password reset" }
+    );
     Ok(())
 }
 

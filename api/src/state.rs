@@ -23,6 +23,8 @@ pub struct AppState {
     /// argon2id runs on blocking threads, at most this many at once, so a
     /// burst of logins cannot starve the executor or the other requests.
     pub hashing: Arc<Semaphore>,
+    /// Recently verified operator credentials for the queue board.
+    pub operator_auth: crate::board::OperatorAuthCache,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
             secrets,
             metrics,
             hashing: Arc::new(Semaphore::new(permits)),
+            operator_auth: crate::board::OperatorAuthCache::default(),
         }
     }
 }

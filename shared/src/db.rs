@@ -229,6 +229,8 @@ pub mod users;
 pub use sqlx::PgConnection;
 /// Integrations.
 pub mod integrations;
+/// Platform operators.
+pub mod operators;
 /// Jobs (actions) as company ADMINs see them; queue statistics.
 pub mod queue;
 /// Tickets, their actions, idempotency keys.

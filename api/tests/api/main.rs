@@ -10,6 +10,7 @@
 mod audit_logs;
 mod auth;
 mod bad_input;
+mod board;
 mod companies;
 mod cors;
 mod health;
