@@ -227,6 +227,8 @@ pub mod users;
 
 /// A single connection or transaction: what repository functions take.
 pub use sqlx::PgConnection;
+/// Integration connection tests.
+pub mod integration_checks;
 /// Integrations.
 pub mod integrations;
 /// Platform operators.

@@ -75,6 +75,42 @@ pub async fn enqueue_action(
     Ok(job_id)
 }
 
+/// The apalis queue that carries integration connection tests.
+pub const CHECK_QUEUE: &str = "txdx::integration_check";
+
+/// One connection test of one integration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckJob {
+    /// The tenant.
+    pub company_id: Uuid,
+    /// The `integration_checks` row to complete.
+    pub check_id: Uuid,
+}
+
+/// Pushes a connection test in the caller's transaction, ahead of actions.
+///
+/// # Errors
+/// When the insert fails.
+pub async fn enqueue_check(conn: &mut PgConnection, job: &CheckJob) -> Result<(), DbError> {
+    let args = serde_json::to_vec(job).map_err(|e| DbError::Invalid {
+        field: "job".into(),
+        message: e.to_string(),
+    })?;
+    let task = TaskBuilder::new(args)
+        .task_id(TaskId::from_string(ulid::Ulid::generate().to_string()))
+        .max_attempts(3)
+        .build();
+    apalis_postgres::queries::push_tasks(&mut *conn, CHECK_QUEUE, vec![task])
+        .await
+        .map_err(|e| match e {
+            apalis_postgres::Error::Database(db) => DbError::from(db),
+            other => DbError::Invalid {
+                field: "job".into(),
+                message: other.to_string(),
+            },
+        })
+}
+
 /// Queue priority from a company's backlog (its actions not yet finished).
 ///
 /// apalis fetches by `priority DESC, run_at ASC`: a company with a small

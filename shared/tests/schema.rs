@@ -107,6 +107,12 @@ async fn seed_company(pool: &PgPool, name: &str) -> Uuid {
         .bind(company).bind(user).bind(format!("hash-{name}")).execute(pool).await.unwrap();
     sqlx::query("INSERT INTO audit_logs (company_id, actor_user_id, action, entity_type) VALUES ($1, $2, 'seeded', 'company')")
         .bind(company).bind(user).execute(pool).await.unwrap();
+    sqlx::query("INSERT INTO integration_checks (company_id, integration_id) VALUES ($1, $2)")
+        .bind(company)
+        .bind(integration)
+        .execute(pool)
+        .await
+        .unwrap();
     let session: Uuid = sqlx::query_scalar("INSERT INTO agent_sessions (company_id, user_id, external_thread_id, purpose) VALUES ($1, $2, 't', 'triage') RETURNING id")
         .bind(company).bind(user).fetch_one(pool).await.unwrap();
     sqlx::query("INSERT INTO agent_memory_refs (company_id, session_id, vector_store_id, scope) VALUES ($1, $2, 'vs', 'SESSION')")
@@ -125,6 +131,7 @@ const TENANT_TABLES: &[&str] = &[
     "audit_logs",
     "agent_sessions",
     "agent_memory_refs",
+    "integration_checks",
 ];
 
 #[sqlx::test(migrations = false)]

@@ -14,9 +14,11 @@ use apalis::prelude::{
 use apalis_postgres::{PostgresStorage, Pubsub};
 use shared::{
     config::Config,
-    jobs::{ACTION_QUEUE, ActionJob},
+    jobs::{ACTION_QUEUE, ActionJob, CHECK_QUEUE, CheckJob},
 };
 
+/// Integration connection tests.
+pub mod checks;
 /// One delivery: claim, run, record.
 pub mod handler;
 /// Provider clients behind one interface.
@@ -89,6 +91,13 @@ impl RestartBackoff {
     }
 }
 
+async fn handle_check(job: CheckJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
+    checks::run_check(&state, &job).await.map_err(|e| {
+        tracing::error!("connection test {} failed to record: {e}", job.check_id);
+        Box::new(e) as BoxDynError
+    })
+}
+
 async fn handle(job: ActionJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
     handler::execute_action(&state, &job).await.map_err(|e| {
         tracing::error!(action.id = %job.action_id, "delivery of action {} failed: {e}", job.action_id);
@@ -123,6 +132,14 @@ pub async fn run(
         "worker {host}-{incarnation} starting"
     );
     let restart_backoff = RestartBackoff::default();
+    let check_config = apalis_postgres::Config::default()
+        .queue(CHECK_QUEUE)
+        .batch_size(2)
+        .heartbeat_interval(config.queue_heartbeat)
+        .missed_heartbeats(config.queue_missed_heartbeats);
+    let state_for_checks = state.clone();
+    let host_for_checks = host.clone();
+    let incarnation_for_checks = incarnation.clone();
     Monitor::new()
         .register(move |restarts| {
             // LISTEN/NOTIFY wakes the worker at once; the 1 s poll is the
@@ -139,6 +156,25 @@ pub async fn run(
                 .data(state.clone())
                 .concurrency(concurrency)
                 .build(handle)
+        })
+        .register({
+            let pool = state_for_checks.pool.clone();
+            let state = state_for_checks.clone();
+            let config = check_config.clone();
+            let name = format!("txdx-{host_for_checks}-{incarnation_for_checks}-checks");
+            move |restarts| {
+                let wake = Strategy::new()
+                    .stream(Pubsub::new(pool.clone(), CHECK_QUEUE.to_owned()))
+                    .interval(Duration::from_secs(1));
+                let backend = PostgresStorage::<CheckJob>::new(&pool)
+                    .with_config(config.clone())
+                    .poll_with_strategy(wake);
+                WorkerBuilder::new(format!("{name}-{restarts}"))
+                    .backend(backend)
+                    .data(state.clone())
+                    .concurrency(2)
+                    .build(handle_check)
+            }
         })
         // A worker whose loop died (e.g. a long database outage) is restarted
         // under a new name; apalis's orphan rescue returns its jobs.

@@ -37,6 +37,27 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
             delete_integration
         ))
         .routes(routes!(get_integration_credentials))
+        .routes(routes!(test_integration))
+}
+
+/// How long `POST /api/integrations/{id}/test` waits for a worker's answer.
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The outcome of a connection test.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionTestResponse {
+    /// The integration.
+    pub integration_id: Uuid,
+    /// Whether the provider accepted the credentials and answered.
+    pub ok: bool,
+    /// When not ok: `transient` (worth retrying), `permanent` (fix the
+    /// credentials or settings) or `needs_human`.
+    pub error_kind: Option<String>,
+    /// When not ok: what the provider or the network said (never a credential).
+    pub error: Option<String>,
+    /// When ok: what the provider answered (simulated answers say so).
+    #[schema(value_type = Option<Object>)]
+    pub outcome: Option<Value>,
 }
 
 /// An integration as the API shows it: never its credentials.
@@ -486,4 +507,68 @@ async fn audit(
     )
     .await?;
     Ok(())
+}
+
+/// Tests the integration's connection (ADMIN): a worker makes the provider's
+/// cheapest authenticated call (or the simulated one) and the classified
+/// outcome comes back; credentials never do.
+#[utoipa::path(post, path = "/api/integrations/{id}/test", tag = "integrations", operation_id = "test_integration",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Integration id")),
+    responses(
+        (status = 200, description = "The outcome (ok or the classified error)", body = ConnectionTestResponse),
+        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration in this company", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No worker answered in time", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn test_integration(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ConnectionTestResponse>, ApiError> {
+    let mut tx = db::begin_tenant(&state.pool, user.company_id).await?;
+    db::integrations::find_integration(&mut tx, user.company_id, id).await?;
+    let admin = user.require_admin()?;
+    let check_id = db::integration_checks::insert_check(&mut tx, admin.company_id, id).await?;
+    shared::jobs::enqueue_check(
+        &mut tx,
+        &shared::jobs::CheckJob {
+            company_id: admin.company_id,
+            check_id,
+        },
+    )
+    .await?;
+    audit(
+        &mut tx,
+        admin,
+        "integration.tested",
+        id,
+        json!({"check_id": check_id}),
+    )
+    .await?;
+    tx.commit().await.map_err(db::DbError::from)?;
+    let deadline = tokio::time::Instant::now() + CHECK_WAIT;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let mut tx = db::begin_tenant(&state.pool, admin.company_id).await?;
+        let check = db::integration_checks::find_check(&mut tx, admin.company_id, check_id).await?;
+        tx.commit().await.map_err(db::DbError::from)?;
+        if check.status != "PENDING" {
+            return Ok(Json(ConnectionTestResponse {
+                integration_id: id,
+                ok: check.status == "SUCCEEDED",
+                error_kind: check.error_kind,
+                error: check.error,
+                outcome: check.outcome,
+            }));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Unavailable(format!(
+                "no worker answered the connection test within {} s; is a worker running?",
+                CHECK_WAIT.as_secs()
+            )));
+        }
+    }
 }

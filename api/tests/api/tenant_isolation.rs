@@ -92,6 +92,7 @@ fn cases_for(method: &str, path: &str) -> Vec<Option<Value>> {
     match (method, path) {
         ("get" | "delete", _) => vec![None],
         ("post", "/api/jobs/{id}/retry") => vec![None],
+        ("post", "/api/integrations/{id}/test") => vec![None],
         ("post", "/api/jobs/{id}/cancel") => vec![None, Some(json!({"reason": "mine now"}))],
         ("put", "/api/companies/{id}") => vec![Some(json!({"name": "Hijacked"}))],
         ("put", "/api/users/{id}") => vec![

@@ -124,3 +124,46 @@ async fn sigterm_drains_and_exits_within_the_shutdown_timeout(pool: PgPool) {
     assert_eq!(executed, 20);
     system.assert_invariants().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_connection_test_runs_on_a_worker_and_reports_the_classified_outcome(pool: PgPool) {
+    let system = System::start(pool, 1, &[]).await;
+    let token = system.register("Acme").await;
+    let simulated = system
+        .create_integration(&token, json!({"provider": "MERAKI", "name": "sim", "credentials": {"api_key": "canary-meraki-key"}}))
+        .await;
+    let closed_port = crate::harness::free_port();
+    let unreachable = system
+        .create_integration(
+            &token,
+            json!({"provider": "WAZUH", "name": "live", "mode": "live", "settings": {"base_url": format!("http://127.0.0.1:{closed_port}"), "timeout_secs": 2}, "credentials": {"username": "wazuh", "password": "canary-wazuh-password"}}),
+        )
+        .await;
+    let test = |id: String| {
+        let system = &system;
+        let token = token.clone();
+        async move {
+            let r = system
+                .client
+                .post(system.url(&format!("/api/integrations/{id}/test")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let ok = test(simulated).await;
+    let ok: serde_json::Value = serde_json::from_str(&ok).unwrap();
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(ok["outcome"]["simulated"], true);
+    let failed_text = test(unreachable).await;
+    let failed: serde_json::Value = serde_json::from_str(&failed_text).unwrap();
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert_eq!(
+        failed["error_kind"], "transient",
+        "a refused connection is worth retrying: {failed}"
+    );
+    assert!(!failed_text.contains("canary"));
+}
