@@ -71,6 +71,7 @@ pub fn build_app(state: AppState) -> Router {
         .fallback_service(frontend)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .route_layer(axum::middleware::from_fn(record_http_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -85,6 +86,31 @@ pub fn build_app(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Records `txdx_api_http_requests_total` and
+/// `txdx_api_http_request_duration_seconds` by method, matched route and status.
+async fn record_http_metrics(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("txdx_api_http_requests_total", &labels).increment(1);
+    metrics::histogram!("txdx_api_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn not_found() -> ApiError {

@@ -115,6 +115,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot prepare the database")?;
     let metrics = PrometheusBuilder::new()
+        .set_buckets(&shared::telemetry::LATENCY_BUCKETS)
+        .context("metrics buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let secrets = shared::secrets::from_config(&config, &pool).context("secret store")?;

@@ -24,7 +24,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match PrometheusBuilder::new().install_recorder() {
+    match PrometheusBuilder::new()
+        .set_buckets(&shared::telemetry::LATENCY_BUCKETS)
+        .and_then(PrometheusBuilder::install_recorder)
+    {
         Ok(handle) => {
             let app = Router::new()
                 .route("/metrics", get(move || std::future::ready(handle.render())))
