@@ -59,6 +59,23 @@ pub struct AzureConfig {
     /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`: a client-secret
     /// credential when all three are set, else the SDK's managed/workload identity.
     pub client_secret: Option<AzureClientSecret>,
+    /// Workload identity (Kubernetes): `AZURE_FEDERATED_TOKEN_FILE` with
+    /// `AZURE_TENANT_ID` and `AZURE_CLIENT_ID`, used when no client secret is set.
+    pub workload_identity: Option<AzureWorkloadIdentity>,
+    /// Without a client secret or workload identity: the managed identity,
+    /// user-assigned when `AZURE_CLIENT_ID` is set, else system-assigned.
+    pub managed_identity_client_id: Option<String>,
+}
+
+/// A Kubernetes workload identity federated with Entra ID.
+#[derive(Debug, Clone)]
+pub struct AzureWorkloadIdentity {
+    /// `AZURE_TENANT_ID`.
+    pub tenant_id: String,
+    /// `AZURE_CLIENT_ID`.
+    pub client_id: String,
+    /// `AZURE_FEDERATED_TOKEN_FILE`.
+    pub token_file: String,
 }
 
 /// An Entra ID application's client-secret credential.
@@ -180,20 +197,42 @@ impl Config {
                     env.optional("AZURE_CLIENT_ID"),
                     env.optional("AZURE_CLIENT_SECRET"),
                 );
+                let token_file = env.optional("AZURE_FEDERATED_TOKEN_FILE");
+                let mut workload_identity = None;
+                let mut managed_identity_client_id = None;
                 let client_secret = match parts {
                     (Some(tenant_id), Some(client_id), Some(secret)) => Some(AzureClientSecret {
                         tenant_id,
                         client_id,
                         client_secret: SecretString::new(secret),
                     }),
-                    (None, None, None) => None,
-                    (None, _, _) => return Err(ConfigError::Missing("AZURE_TENANT_ID")),
-                    (_, None, _) => return Err(ConfigError::Missing("AZURE_CLIENT_ID")),
-                    (_, _, None) => return Err(ConfigError::Missing("AZURE_CLIENT_SECRET")),
+                    (None, _, Some(_)) => return Err(ConfigError::Missing("AZURE_TENANT_ID")),
+                    (_, None, Some(_)) => return Err(ConfigError::Missing("AZURE_CLIENT_ID")),
+                    (tenant_id, client_id, None) => {
+                        match (token_file, tenant_id, client_id) {
+                            (Some(token_file), Some(tenant_id), Some(client_id)) => {
+                                workload_identity = Some(AzureWorkloadIdentity {
+                                    tenant_id,
+                                    client_id,
+                                    token_file,
+                                });
+                            }
+                            (Some(_), None, _) => {
+                                return Err(ConfigError::Missing("AZURE_TENANT_ID"));
+                            }
+                            (Some(_), _, None) => {
+                                return Err(ConfigError::Missing("AZURE_CLIENT_ID"));
+                            }
+                            (None, _, client_id) => managed_identity_client_id = client_id,
+                        }
+                        None
+                    }
                 };
                 Some(AzureConfig {
                     vault_url,
                     client_secret,
+                    workload_identity,
+                    managed_identity_client_id,
                 })
             }
         };
@@ -380,8 +419,36 @@ mod tests {
             "https://v.vault.azure.net/".into(),
         );
         vars.insert("AZURE_TENANT_ID".into(), "t".into());
+        vars.insert("AZURE_CLIENT_SECRET".into(), "s".into());
         let err = Config::from_vars(vars).unwrap_err();
         assert_eq!(err, ConfigError::Missing("AZURE_CLIENT_ID"));
+    }
+
+    #[test]
+    fn azure_identity_is_chosen_from_what_is_set() {
+        let mut vars = base();
+        vars.insert(
+            "AZURE_KEY_VAULT_URL".into(),
+            "https://v.vault.azure.net/".into(),
+        );
+        let azure = Config::from_vars(vars.clone()).unwrap().azure.unwrap();
+        assert!(azure.client_secret.is_none() && azure.workload_identity.is_none());
+        assert!(azure.managed_identity_client_id.is_none());
+        vars.insert("AZURE_CLIENT_ID".into(), "c".into());
+        let azure = Config::from_vars(vars.clone()).unwrap().azure.unwrap();
+        assert_eq!(azure.managed_identity_client_id.as_deref(), Some("c"));
+        vars.insert("AZURE_FEDERATED_TOKEN_FILE".into(), "/var/run/token".into());
+        let err = Config::from_vars(vars.clone()).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("AZURE_TENANT_ID"));
+        vars.insert("AZURE_TENANT_ID".into(), "t".into());
+        let azure = Config::from_vars(vars.clone()).unwrap().azure.unwrap();
+        assert_eq!(
+            azure.workload_identity.unwrap().token_file,
+            "/var/run/token"
+        );
+        vars.insert("AZURE_CLIENT_SECRET".into(), "s".into());
+        let azure = Config::from_vars(vars).unwrap().azure.unwrap();
+        assert!(azure.client_secret.is_some());
     }
 
     #[test]

@@ -206,6 +206,8 @@ impl Harness {
                 client_id: CLIENT_ID.to_owned(),
                 client_secret: SecretString::new(client_secret),
             }),
+            workload_identity: None,
+            managed_identity_client_id: None,
         }
     }
 

@@ -29,8 +29,9 @@ use azure_core::{
     time::OffsetDateTime,
 };
 use azure_identity::{
-    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
-    ManagedIdentityCredentialOptions,
+    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 use azure_security_keyvault_secrets::{
     ResourceId, SecretClient, SecretClientOptions,
@@ -139,14 +140,34 @@ impl KeyVaultSecretStore {
                         app.client_id, app.tenant_id
                     ),
                 ),
-                None => (
-                    ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
-                        client_options: credential_options,
-                        ..Default::default()
-                    }))
-                    .map_err(setup)?,
-                    "managed identity".to_owned(),
-                ),
+                None => match (&azure.workload_identity, &azure.managed_identity_client_id) {
+                    (Some(workload), _) => (
+                        WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                            credential_options: ClientAssertionCredentialOptions {
+                                client_options: credential_options,
+                            },
+                            client_id: Some(workload.client_id.clone()),
+                            tenant_id: Some(workload.tenant_id.clone()),
+                            token_file_path: Some(workload.token_file.clone().into()),
+                        }))
+                        .map_err(setup)?,
+                        format!(
+                            "workload identity of application {} in tenant {}",
+                            workload.client_id, workload.tenant_id
+                        ),
+                    ),
+                    (None, client_id) => (
+                        ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                            user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                            client_options: credential_options,
+                        }))
+                        .map_err(setup)?,
+                        match client_id {
+                            Some(id) => format!("user-assigned managed identity {id}"),
+                            None => "system-assigned managed identity".to_owned(),
+                        },
+                    ),
+                },
             };
         let client = SecretClient::new(
             &azure.vault_url,
