@@ -100,7 +100,7 @@ impl System {
         system
     }
 
-    fn command(&self, bin: &str) -> Command {
+    pub fn command(&self, bin: &str) -> Command {
         let path = bin_dir().join(bin);
         assert!(
             path.exists(),

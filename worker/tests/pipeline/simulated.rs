@@ -167,3 +167,62 @@ async fn a_connection_test_runs_on_a_worker_and_reports_the_classified_outcome(p
     );
     assert!(!failed_text.contains("canary"));
 }
+
+#[sqlx::test(migrations = false)]
+async fn create_operator_reads_the_password_from_stdin_and_the_operator_gets_into_the_board(
+    pool: PgPool,
+) {
+    use std::io::Write;
+    let system = System::start(pool, 0, &[]).await;
+    let mut child = system
+        .command("api")
+        .args(["create-operator", "--username", "Ops"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"operator passphrase one\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("operator ops created"));
+    let board = system
+        .client
+        .get(system.url("/board"))
+        .basic_auth("ops", Some("operator passphrase one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(board.status(), 200);
+    let refused = system
+        .client
+        .get(system.url("/board"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // A password that breaks the policy is refused, with the reason, and nothing is created.
+    let mut child = system
+        .command("api")
+        .args(["create-operator", "--username", "weak"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("password: must be at least 12 characters")
+    );
+    let operators: i64 = sqlx::query_scalar("SELECT count(*) FROM operators")
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+    assert_eq!(operators, 1);
+}
