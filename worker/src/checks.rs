@@ -7,13 +7,11 @@ use shared::{
     db::{self, integration_checks},
     domain::IntegrationMode,
     jobs::CheckJob,
-    providers::IntegrationSettings,
-    secrets::SecretError,
 };
 
 use crate::{
-    handler::{DeliveryError, WorkerState},
-    providers::{Credentials, ProviderError, simulated},
+    handler::{DeliveryError, WorkerState, load_connection},
+    providers::{ProviderError, simulated},
 };
 
 /// Runs one connection test and records its outcome.
@@ -35,35 +33,7 @@ pub async fn run_check(state: &WorkerState, job: &CheckJob) -> Result<(), Delive
     tx.commit().await.map_err(db::DbError::from)?;
 
     let outcome = async {
-        let settings =
-            IntegrationSettings::parse(&integration.extra_json, "settings").map_err(|e| {
-                ProviderError::Permanent {
-                    message: format!("integration settings are invalid: {e}"),
-                }
-            })?;
-        let credentials = match &integration.keyvault_secret_id {
-            None => Credentials::default(),
-            Some(id) => match state.secrets.get(job.company_id, id).await {
-                Ok(secret) => Credentials::from_json(secret.expose())?,
-                Err(SecretError::Transient { message, .. }) => {
-                    return Err(ProviderError::Transient {
-                        message: format!("secret store: {message}"),
-                        retry_after: None,
-                    });
-                }
-                Err(SecretError::NotFound) => {
-                    return Err(ProviderError::Permanent {
-                        message: "the integration's credentials are missing from the secret store"
-                            .into(),
-                    });
-                }
-                Err(SecretError::Permanent(message)) => {
-                    return Err(ProviderError::Permanent {
-                        message: format!("secret store: {message}"),
-                    });
-                }
-            },
-        };
+        let (settings, credentials) = load_connection(state, &integration).await?;
         match integration.mode {
             IntegrationMode::Simulated => {
                 simulated::test_connection(integration.provider, &settings, &credentials)

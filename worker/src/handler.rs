@@ -137,6 +137,43 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
     }
 }
 
+/// An integration's settings and credentials (from the secret store), with
+/// failures classified as an attempt's errors: a secret-store outage is
+/// transient, missing credentials need a human.
+///
+/// # Errors
+/// The classified [`ProviderError`].
+pub async fn load_connection(
+    state: &WorkerState,
+    integration: &Integration,
+) -> Result<(IntegrationSettings, Credentials), ProviderError> {
+    let settings =
+        IntegrationSettings::parse(&integration.extra_json, "settings").map_err(|e| {
+            ProviderError::Permanent {
+                message: format!("integration settings are invalid: {e}"),
+            }
+        })?;
+    let Some(id) = &integration.keyvault_secret_id else {
+        return Ok((settings, Credentials::default()));
+    };
+    match state.secrets.get(integration.company_id, id).await {
+        Ok(secret) => Ok((settings, Credentials::from_json(secret.expose())?)),
+        Err(SecretError::Transient {
+            message,
+            retry_after_secs,
+        }) => Err(ProviderError::Transient {
+            message: format!("secret store: {message}"),
+            retry_after: retry_after_secs.map(std::time::Duration::from_secs),
+        }),
+        Err(SecretError::NotFound) => Err(ProviderError::NeedsHuman {
+            reason: "the integration's credentials are missing from the secret store".into(),
+        }),
+        Err(SecretError::Permanent(message)) => Err(ProviderError::Permanent {
+            message: format!("secret store: {message}"),
+        }),
+    }
+}
+
 /// Reads credentials and calls the provider, isolating panics and hangs.
 async fn run_attempt(
     state: &WorkerState,
@@ -151,38 +188,7 @@ async fn run_attempt(
             ),
         });
     };
-    let settings =
-        IntegrationSettings::parse(&integration.extra_json, "settings").map_err(|e| {
-            ProviderError::Permanent {
-                message: format!("integration settings are invalid: {e}"),
-            }
-        })?;
-    let credentials = match &integration.keyvault_secret_id {
-        None => Credentials::default(),
-        Some(id) => match state.secrets.get(action.company_id, id).await {
-            Ok(secret) => Credentials::from_json(secret.expose())?,
-            Err(SecretError::Transient {
-                message,
-                retry_after_secs,
-            }) => {
-                return Err(ProviderError::Transient {
-                    message: format!("secret store: {message}"),
-                    retry_after: retry_after_secs.map(std::time::Duration::from_secs),
-                });
-            }
-            Err(SecretError::NotFound) => {
-                return Err(ProviderError::NeedsHuman {
-                    reason: "the integration's credentials are missing from the secret store"
-                        .into(),
-                });
-            }
-            Err(SecretError::Permanent(message)) => {
-                return Err(ProviderError::Permanent {
-                    message: format!("secret store: {message}"),
-                });
-            }
-        },
-    };
+    let (settings, credentials) = load_connection(state, integration).await?;
     let providers = state.providers.clone();
     let mode = integration.mode;
     let (action_id, provider, name, params) = (

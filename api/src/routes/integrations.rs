@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use shared::{
     db::{
         self,
-        audit::NewAuditEvent,
         integrations::{IntegrationChanges, NewIntegration},
     },
     domain::{Integration, IntegrationMode, Provider},
@@ -290,7 +289,7 @@ async fn create_integration(
             },
         )
         .await?;
-        audit(&mut tx, admin, "integration.created", id, json!({"provider": body.provider, "name": name, "mode": mode, "credentials_stored": secret_id.is_some()})).await?;
+        super::audit(&mut tx, admin, "integration.created", "integration", id, json!({"provider": body.provider, "name": name, "mode": mode, "credentials_stored": secret_id.is_some()})).await?;
         tx.commit().await.map_err(db::DbError::from)?;
         Ok::<_, ApiError>(integration)
     }
@@ -393,10 +392,7 @@ async fn update_integration(
         },
     )
     .await?;
-    audit(
-        &mut tx,
-        admin,
-        "integration.updated",
+    super::audit(&mut tx, admin, "integration.updated", "integration",
         id,
         json!({"name": name, "mode": body.mode, "settings_changed": settings.is_some(), "credentials_rotated": secret_id.is_some()}),
     )
@@ -425,10 +421,11 @@ async fn delete_integration(
     let integration = db::integrations::find_integration(&mut tx, caller.company_id, id).await?;
     let admin = caller.require_admin()?;
     db::integrations::delete_integration(&mut tx, admin.company_id, id).await?;
-    audit(
+    super::audit(
         &mut tx,
         admin,
         "integration.deleted",
+        "integration",
         id,
         json!({"provider": integration.provider, "name": integration.name}),
     )
@@ -472,10 +469,11 @@ async fn get_integration_credentials(
         .map_err(secret_error)?;
     let credentials: Value = serde_json::from_str(secret.expose())
         .map_err(|_| ApiError::Internal(anyhow::anyhow!("stored credentials are not JSON")))?;
-    audit(
+    super::audit(
         &mut tx,
         admin,
         "integration.credentials_read",
+        "integration",
         id,
         json!({}),
     )
@@ -485,28 +483,6 @@ async fn get_integration_credentials(
         integration_id: id,
         credentials,
     }))
-}
-
-async fn audit(
-    conn: &mut db::PgConnection,
-    actor: AuthUser,
-    action: &'static str,
-    id: Uuid,
-    payload: Value,
-) -> Result<(), ApiError> {
-    db::audit::insert_audit_event(
-        conn,
-        NewAuditEvent {
-            company_id: actor.company_id,
-            actor_user_id: Some(actor.user_id),
-            action,
-            entity_type: "integration",
-            entity_id: Some(id),
-            payload,
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 /// Tests the integration's connection (ADMIN): a worker makes the provider's
@@ -540,10 +516,11 @@ async fn test_integration(
         },
     )
     .await?;
-    audit(
+    super::audit(
         &mut tx,
         admin,
         "integration.tested",
+        "integration",
         id,
         json!({"check_id": check_id}),
     )

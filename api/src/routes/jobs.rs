@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use shared::{
     db::{
         self,
-        audit::NewAuditEvent,
         queue::{JobFilter, JobRow, WindowStats},
     },
     domain::{ActionStatus, Provider},
@@ -294,11 +293,11 @@ async fn retry_job(
         backlog,
     )
     .await?;
-    audit(
+    super::audit(
         &mut tx,
-        admin.company_id,
-        admin.user_id,
+        admin,
         "job.retried",
+        "ticket_action",
         id,
         json!({"ticket_id": ticket_id, "previous_status": status}),
     )
@@ -354,11 +353,11 @@ async fn cancel_job(
         )));
     }
     db::queue::cancel_action(&mut tx, admin.company_id, ticket_id, position, &reason).await?;
-    audit(
+    super::audit(
         &mut tx,
-        admin.company_id,
-        admin.user_id,
+        admin,
         "job.cancelled",
+        "ticket_action",
         id,
         json!({"ticket_id": ticket_id, "reason": reason}),
     )
@@ -404,27 +403,4 @@ async fn get_queue_stats(
         last_5m: counts.last_5m,
         last_60m: counts.last_60m,
     }))
-}
-
-async fn audit(
-    conn: &mut db::PgConnection,
-    company_id: Uuid,
-    actor: Uuid,
-    action: &'static str,
-    id: Uuid,
-    payload: Value,
-) -> Result<(), ApiError> {
-    db::audit::insert_audit_event(
-        conn,
-        NewAuditEvent {
-            company_id,
-            actor_user_id: Some(actor),
-            action,
-            entity_type: "ticket_action",
-            entity_id: Some(id),
-            payload,
-        },
-    )
-    .await?;
-    Ok(())
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::{
     auth::password,
-    db::{self, audit::NewAuditEvent, users::UserChanges},
+    db::{self, users::UserChanges},
     domain::{Role, User},
 };
 use utoipa::{IntoParams, ToSchema};
@@ -222,10 +222,11 @@ async fn create_user(
         },
     )
     .await?;
-    audit(
+    super::audit(
         &mut tx,
         admin,
         "user.created",
+        "user",
         user.id,
         json!({"username": user.username, "role": user.role}),
     )
@@ -349,10 +350,11 @@ async fn update_user(
             json!({"from": target.role, "to": updated.role}),
         );
     }
-    audit(
+    super::audit(
         &mut tx,
         caller,
         "user.updated",
+        "user",
         id,
         serde_json::Value::Object(changed),
     )
@@ -390,36 +392,15 @@ async fn delete_user(
         }
     }
     db::users::delete_user(&mut tx, admin.company_id, id).await?;
-    audit(
+    super::audit(
         &mut tx,
         admin,
         "user.deleted",
+        "user",
         id,
         json!({"username": target.username, "role": target.role}),
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn audit(
-    conn: &mut db::PgConnection,
-    actor: AuthUser,
-    action: &'static str,
-    user_id: Uuid,
-    payload: serde_json::Value,
-) -> Result<(), ApiError> {
-    db::audit::insert_audit_event(
-        conn,
-        NewAuditEvent {
-            company_id: actor.company_id,
-            actor_user_id: Some(actor.user_id),
-            action,
-            entity_type: "user",
-            entity_id: Some(user_id),
-            payload,
-        },
-    )
-    .await?;
-    Ok(())
 }

@@ -9,6 +9,15 @@ use crate::domain::Company;
 /// Unique index on `lower(name)`.
 pub const COMPANIES_NAME_KEY: &str = "companies_name_key";
 
+fn map_company_error(e: sqlx::Error) -> DbError {
+    let err = DbError::from(e);
+    if err.constraint() == Some(COMPANIES_NAME_KEY) {
+        DbError::Conflict("a company with this name already exists".into())
+    } else {
+        err
+    }
+}
+
 /// Inserts a company with a caller-chosen id (so the tenant can be set first).
 ///
 /// # Errors
@@ -23,14 +32,7 @@ pub async fn insert_company(
         .bind(name)
         .fetch_one(conn)
         .await
-        .map_err(|e| {
-            let err = DbError::from(e);
-            if err.constraint() == Some(COMPANIES_NAME_KEY) {
-                DbError::Conflict("a company with this name already exists".into())
-            } else {
-                err
-            }
-        })
+        .map_err(map_company_error)
 }
 
 /// The company, if it is the tenant's own.
@@ -59,13 +61,6 @@ pub async fn update_company(
         .bind(name)
         .fetch_optional(conn)
         .await
-        .map_err(|e| {
-            let err = DbError::from(e);
-            if err.constraint() == Some(COMPANIES_NAME_KEY) {
-                DbError::Conflict("a company with this name already exists".into())
-            } else {
-                err
-            }
-        })?
+        .map_err(map_company_error)?
         .ok_or(DbError::NotFound("company"))
 }
