@@ -200,6 +200,10 @@ impl DbError {
 pub mod actions;
 /// The audit log.
 pub mod audit;
+/// Per-integration concurrency and rate limits.
+pub mod limits;
+/// The apalis queue as a whole: depth gauges and retention.
+pub mod queue;
 
 /// Takes a transaction-scoped advisory lock on `key`, serialising every
 /// holder of the same key across all processes until the transaction ends.
