@@ -9,6 +9,11 @@
 -- worker that died and was never rescued stops holding its slot after the
 -- orphan window plus the action timeout.
 ALTER TABLE ticket_actions ADD COLUMN attempt_started_at timestamptz;
+-- Set when a claim is refused for `max_concurrency` (kept across repeated
+-- refusals, cleared by the claim that runs it): when an action of the
+-- integration leaves RUNNING, the longest-waiting one is woken at once
+-- instead of sleeping out its snooze.
+ALTER TABLE ticket_actions ADD COLUMN slot_wait_since timestamptz;
 
 -- The claim's count: a limited integration's RUNNING (and waiting PENDING)
 -- actions, without reading its finished history.

@@ -147,6 +147,49 @@ async fn a_claim_over_max_concurrency_is_snoozed_without_using_an_attempt(pool: 
 }
 
 #[sqlx::test(migrations = false)]
+async fn the_outcome_that_frees_a_slot_wakes_the_longest_waiting_action_at_once(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (company, _, actions) = seed(&pool, json!({"max_concurrency": 1}), 3).await;
+    let AttemptStart::Run {
+        action, attempt, ..
+    } = claim(&pool, company, actions[0]).await
+    else {
+        panic!("the first claim runs");
+    };
+    for waiter in &actions[1..] {
+        assert!(matches!(
+            claim(&pool, company, *waiter).await,
+            AttemptStart::Snoozed { .. }
+        ));
+    }
+    let job_run_at = |action: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, DateTime<Utc>>(
+                "SELECT j.run_at FROM apalis.jobs j JOIN ticket_actions a ON a.job_id = j.id WHERE a.id = $1",
+            )
+            .bind(action)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mut tx = db::begin_tenant(&pool, company).await.unwrap();
+    db::actions::record_outcome(
+        &mut tx,
+        &action,
+        attempt,
+        db::actions::Outcome::Succeeded { result: json!({}) },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // The first in line is runnable now; the second keeps its later time.
+    assert!(job_run_at(actions[1]).await <= Utc::now());
+    assert!(job_run_at(actions[2]).await > Utc::now());
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_running_row_older_than_the_stale_bound_no_longer_holds_its_slot(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
     let (company, _, actions) = seed(&pool, json!({"max_concurrency": 1}), 2).await;

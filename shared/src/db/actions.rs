@@ -150,14 +150,14 @@ pub async fn start_attempt(
             {
                 Admission::Admitted { at } => admitted_at = Some(at),
                 Admission::Refused { limit, retry_at } => {
-                    let until = snooze_action(conn, &action, retry_at).await?;
+                    let until = snooze_action(conn, &action, limit, retry_at).await?;
                     return Ok(AttemptStart::Snoozed { limit, until });
                 }
             }
         }
     }
     let attempt = action.attempts + 1;
-    sqlx::query("UPDATE ticket_actions SET status = 'RUNNING', attempts = $2, attempt_started_at = coalesce($3, clock_timestamp()), started_at = coalesce(started_at, $3, clock_timestamp()), next_attempt_at = NULL, updated_at = now() WHERE id = $1")
+    sqlx::query("UPDATE ticket_actions SET status = 'RUNNING', attempts = $2, attempt_started_at = coalesce($3, clock_timestamp()), started_at = coalesce(started_at, $3, clock_timestamp()), next_attempt_at = NULL, slot_wait_since = NULL, updated_at = now() WHERE id = $1")
         .bind(action.id)
         .bind(attempt)
         .bind(admitted_at)
@@ -178,6 +178,8 @@ pub async fn start_attempt(
 /// with its attempt counter unchanged (a crashed attempt that left it
 /// RUNNING still counts; the refused one does not), and a new job at
 /// `retry_at`, rounded up to the queue's whole seconds. Returns that time.
+/// Refused for concurrency, it also joins the integration's line of slot
+/// waiters ([`limits::wake_slot_waiter`]).
 ///
 /// Fencing stays intact: an outcome is written only on (RUNNING, n), and a
 /// snoozed action is not RUNNING until its next claim makes it (RUNNING, n+1).
@@ -188,13 +190,16 @@ pub async fn start_attempt(
 pub async fn snooze_action(
     conn: &mut PgConnection,
     action: &TicketAction,
+    limit: LimitHit,
     retry_at: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, DbError> {
     let until = crate::jobs::queue_run_at(retry_at);
-    sqlx::query("UPDATE ticket_actions SET status = 'PENDING', next_attempt_at = $3, updated_at = now() WHERE id = $1 AND attempts = $2 AND status IN ('PENDING', 'RUNNING')")
+    let waits_for_slot = matches!(limit, LimitHit::Concurrency { .. });
+    sqlx::query("UPDATE ticket_actions SET status = 'PENDING', next_attempt_at = $3, slot_wait_since = CASE WHEN $4 THEN coalesce(slot_wait_since, now()) ELSE slot_wait_since END, updated_at = now() WHERE id = $1 AND attempts = $2 AND status IN ('PENDING', 'RUNNING')")
         .bind(action.id)
         .bind(action.attempts)
         .bind(until)
+        .bind(waits_for_slot)
         .execute(&mut *conn)
         .await?;
     let backlog = company_backlog(conn, action.company_id).await?;
@@ -362,6 +367,10 @@ async fn finish_action(
             payload["error"] = json!(error);
             insert_audit_event(conn, audit(verb, payload)).await?;
         }
+    }
+    // The action has left RUNNING: its slot is free for the next waiter.
+    if let Some(integration_id) = action.integration_id {
+        limits::wake_slot_waiter(conn, action.company_id, integration_id).await?;
     }
     settle_ticket(conn, action.company_id, action.ticket_id).await
 }

@@ -6,7 +6,8 @@
 //! marked RUNNING, under a transaction-scoped advisory lock on the
 //! integration: claims of one integration are serialised, claims of different
 //! integrations are not. A concurrency slot is the RUNNING row itself (freed
-//! by the outcome's transaction); the rate is a sliding log in
+//! by the outcome's transaction, which also wakes the longest waiter with
+//! [`wake_slot_waiter`]); the rate is a sliding log in
 //! `integration_call_starts`.
 
 use std::{fmt, time::Duration};
@@ -188,6 +189,50 @@ pub async fn admit(
         .await?;
     }
     Ok(Admission::Admitted { at: now })
+}
+
+/// Makes the job of the integration's longest-waiting action (refused for
+/// `max_concurrency`) runnable now and wakes the workers, so a freed slot is
+/// taken at once rather than when that action's snooze ends. Call in the
+/// transaction that moves an action of the integration out of RUNNING;
+/// returns whether a waiter was woken. The waiter still goes through its
+/// claim: if another action took the slot first, it waits again, first in line.
+///
+/// # Errors
+/// Database failures.
+pub async fn wake_slot_waiter(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    integration_id: Uuid,
+) -> Result<bool, DbError> {
+    let woken: Option<(String, String)> = sqlx::query_as(
+        "WITH waiter AS (
+             SELECT job_id FROM ticket_actions
+             WHERE company_id = $1 AND integration_id = $2 AND status = 'PENDING'
+               AND slot_wait_since IS NOT NULL AND job_id IS NOT NULL
+             ORDER BY slot_wait_since
+             LIMIT 1
+         )
+         UPDATE apalis.jobs j SET run_at = now()
+         FROM waiter
+         WHERE j.id = waiter.job_id AND j.status = 'Pending' AND j.run_at > now()
+         RETURNING j.id, j.job_type",
+    )
+    .bind(company_id)
+    .bind(integration_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((job_id, job_type)) = woken else {
+        return Ok(false);
+    };
+    // The notification apalis-postgres's own insert trigger sends: the
+    // workers' listeners fetch at once (delivered at commit).
+    sqlx::query("SELECT pg_notify('apalis::job::insert', json_build_object('job_type', $1::text, 'id', $2::text)::text)")
+        .bind(job_type)
+        .bind(job_id)
+        .execute(conn)
+        .await?;
+    Ok(true)
 }
 
 /// Actions of the integration already told to wait (PENDING with a later

@@ -8,6 +8,17 @@
     reason = "tests fail loudly on setup errors"
 )]
 
+mod canary;
+mod cluster;
 mod crash;
+mod faults;
+// The provider fakes of the `providers` tests, shared: the pipeline's live
+// integrations point at them.
+#[path = "../providers/fakes.rs"]
+#[expect(dead_code, reason = "the pipeline uses part of the fakes")]
+mod fakes;
 mod harness;
+mod limits;
+mod live;
+mod maintenance;
 mod simulated;
