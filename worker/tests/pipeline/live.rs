@@ -118,7 +118,7 @@ async fn two_500s_then_success_execute_on_the_third_attempt_after_backoff_delays
         let ceiling = 1000i64 << k;
         let delay = ms(*retry_at - *recorded);
         assert!(
-            delay >= ceiling / 2 - 150 && delay <= ceiling,
+            delay >= ceiling / 2 - 500 && delay <= ceiling,
             "retry {}: delay {delay} ms outside [{}, {ceiling}]",
             k + 1,
             ceiling / 2
@@ -129,8 +129,9 @@ async fn two_500s_then_success_execute_on_the_third_attempt_after_backoff_delays
             "attempt {} started before its retry time",
             k + 2
         );
-        // Whole-second run times and the 1 s poll add at most about 2 s.
-        assert!(gap <= delay + 2500, "gap {gap} ms for a {delay} ms backoff");
+        // Whole-second run times and the 1 s poll add about 2 s at most
+        // (more slack for a loaded machine).
+        assert!(gap <= delay + 3500, "gap {gap} ms for a {delay} ms backoff");
         figure.push(format!("backoff {delay} ms -> gap {gap} ms"));
     }
     println!(
