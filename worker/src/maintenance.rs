@@ -1,9 +1,10 @@
 //! Periodic work beside the queue consumer: the queue depth gauges and the
 //! retention sweep of finished job rows (apalis never deletes them).
 //!
-//! Both run as tasks owned by a [`Maintenance`] handle, never detached:
-//! [`Maintenance::stop`] signals them and waits for them to end, so a
-//! graceful shutdown leaves nothing running.
+//! Both run as tasks owned by a
+//! [`Maintenance`](crate::maintenance::Maintenance) handle, never detached:
+//! [`Maintenance::stop`](crate::maintenance::Maintenance::stop) signals them
+//! and waits for them to end, so a graceful shutdown leaves nothing running.
 
 use std::time::Duration;
 

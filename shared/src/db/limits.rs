@@ -2,12 +2,12 @@
 //! worker process: `max_concurrency` (actions of the integration RUNNING at
 //! once) and `rate_limit_per_sec` (attempts admitted in any one second).
 //!
-//! [`admit`] runs inside the claim's tenant transaction, before the action is
+//! [`admit`](crate::db::limits::admit) runs inside the claim's tenant transaction, before the action is
 //! marked RUNNING, under a transaction-scoped advisory lock on the
 //! integration: claims of one integration are serialised, claims of different
 //! integrations are not. A concurrency slot is the RUNNING row itself (freed
 //! by the outcome's transaction, which also wakes the longest waiter with
-//! [`wake_slot_waiter`]); the rate is a sliding log in
+//! [`wake_slot_waiter`](crate::db::limits::wake_slot_waiter)); the rate is a sliding log in
 //! `integration_call_starts`.
 
 use std::{fmt, time::Duration};
