@@ -139,6 +139,15 @@ pub struct Config {
     pub retry_backoff_cap: Duration,
     /// `SHUTDOWN_TIMEOUT_SECS` (default 30): how long SIGTERM waits for in-flight actions.
     pub shutdown_timeout: Duration,
+    /// `JOB_RETENTION_SECS` (default 7 days): finished queue jobs older than
+    /// this are deleted by the worker's retention sweep.
+    pub job_retention: Duration,
+    /// `JOB_RETENTION_INTERVAL_SECS` (default 300): how often a worker runs the
+    /// retention sweep (one process at a time).
+    pub job_retention_interval: Duration,
+    /// `QUEUE_METRICS_INTERVAL_SECS` (default 15): how often a worker refreshes
+    /// the queue depth gauges.
+    pub queue_metrics_interval: Duration,
     /// `IDEMPOTENCY_KEY_TTL_SECS` (default 24 h).
     pub idempotency_key_ttl: Duration,
     /// `RUST_LOG` (default `info`).
@@ -305,6 +314,15 @@ impl Config {
                 env.parse("RETRY_BACKOFF_CAP_SECS", 300u64)?.max(1),
             ),
             shutdown_timeout: Duration::from_secs(env.parse("SHUTDOWN_TIMEOUT_SECS", 30u64)?),
+            job_retention: Duration::from_secs(
+                env.parse("JOB_RETENTION_SECS", 7 * 24 * 3600u64)?.max(1),
+            ),
+            job_retention_interval: Duration::from_secs(
+                env.parse("JOB_RETENTION_INTERVAL_SECS", 300u64)?.max(1),
+            ),
+            queue_metrics_interval: Duration::from_secs(
+                env.parse("QUEUE_METRICS_INTERVAL_SECS", 15u64)?.max(1),
+            ),
             idempotency_key_ttl: Duration::from_secs(
                 env.parse("IDEMPOTENCY_KEY_TTL_SECS", 24 * 3600u64)?,
             ),
@@ -364,6 +382,7 @@ mod tests {
         assert_eq!(config.worker_concurrency, 8);
         assert!(config.azure.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
+        assert_eq!(config.job_retention, Duration::from_secs(7 * 24 * 3600));
     }
 
     #[test]

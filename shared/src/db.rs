@@ -198,8 +198,12 @@ impl DbError {
 
 /// Ticket actions as the worker claims and settles them.
 pub mod actions;
+/// The apalis queue as a whole: depth gauges and retention.
+pub mod apalis_queue;
 /// The audit log.
 pub mod audit;
+/// Per-integration concurrency and rate limits.
+pub mod limits;
 
 /// Takes a transaction-scoped advisory lock on `key`, serialising every
 /// holder of the same key across all processes until the transaction ends.

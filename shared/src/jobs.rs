@@ -56,6 +56,7 @@ pub async fn enqueue_action(
         .max_attempts(QUEUE_MAX_ATTEMPTS)
         .priority(fair_priority(backlog));
     if let Some(at) = run_at {
+        let at = queue_run_at(at);
         builder = builder.run_at_timestamp(u64::try_from(at.timestamp()).unwrap_or(0));
     }
     apalis_postgres::queries::push_tasks(&mut *conn, ACTION_QUEUE, vec![builder.build()])
@@ -111,6 +112,13 @@ pub async fn enqueue_check(conn: &mut PgConnection, job: &CheckJob) -> Result<()
         })
 }
 
+/// The run time a job for `at` actually gets: apalis stores whole seconds, so
+/// `at` is rounded *up*; a retry or a snooze never runs before its time.
+pub fn queue_run_at(at: DateTime<Utc>) -> DateTime<Utc> {
+    let whole = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+    DateTime::from_timestamp(whole, 0).unwrap_or(at)
+}
+
 /// Queue priority from a company's backlog (its actions not yet finished).
 ///
 /// apalis fetches by `priority DESC, run_at ASC`: a company with a small
@@ -124,6 +132,14 @@ pub fn fair_priority(backlog: i64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_times_round_up_to_whole_seconds() {
+        let at = DateTime::from_timestamp(1_700_000_000, 1_000_000).unwrap();
+        assert_eq!(queue_run_at(at).timestamp(), 1_700_000_001);
+        let whole = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(queue_run_at(whole), whole);
+    }
 
     #[test]
     fn a_smaller_backlog_gets_a_higher_priority() {

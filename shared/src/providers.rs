@@ -282,10 +282,14 @@ pub struct IntegrationSettings {
     /// Per-request timeout in seconds (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u32>,
-    /// Requests per second allowed to this integration across all workers.
+    /// Attempts started against this integration in any one second, across
+    /// all workers (a sliding window); an action over the limit waits without
+    /// using an attempt. Absent or 0: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_sec: Option<u32>,
-    /// Actions of this integration running at once across all workers.
+    /// Actions of this integration running at once across all workers; an
+    /// action over the limit waits without using an attempt. Absent or 0: no
+    /// limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
     /// Simulated mode only: how long each simulated call takes, in

@@ -101,6 +101,8 @@ async fn seed_company(pool: &PgPool, name: &str) -> Uuid {
     .unwrap();
     sqlx::query("INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action) VALUES ($1, $2, 0, $3, 'SPLUNK', 'send_event')")
         .bind(company).bind(ticket).bind(integration).execute(pool).await.unwrap();
+    sqlx::query("INSERT INTO integration_call_starts (company_id, integration_id, started_at) VALUES ($1, $2, now())")
+        .bind(company).bind(integration).execute(pool).await.unwrap();
     sqlx::query("INSERT INTO ticket_idempotency_keys (company_id, key, request_hash, ticket_id, expires_at) VALUES ($1, 'k', 'h', $2, now() + interval '1 day')")
         .bind(company).bind(ticket).execute(pool).await.unwrap();
     sqlx::query("INSERT INTO refresh_tokens (company_id, user_id, family_id, token_hash, expires_at) VALUES ($1, $2, gen_random_uuid(), $3, now() + interval '1 day')")
@@ -132,6 +134,7 @@ const TENANT_TABLES: &[&str] = &[
     "agent_sessions",
     "agent_memory_refs",
     "integration_checks",
+    "integration_call_starts",
 ];
 
 #[sqlx::test(migrations = false)]

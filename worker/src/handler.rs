@@ -2,7 +2,8 @@
 //!
 //! 1. Claim (tenant transaction): lock the action, skip it if finished or its
 //!    ticket is closed, quarantine it if crashed workers used up its
-//!    attempts, else mark it RUNNING with attempt n.
+//!    attempts, snooze it if its integration is at a concurrency or rate
+//!    limit (no attempt used), else mark it RUNNING with attempt n.
 //! 2. Run (no transaction held): credentials from the secret store, the
 //!    provider call in its own task with a timeout, so a panic or a hang is
 //!    an attempt's failure and never the worker's.
@@ -17,7 +18,7 @@ use shared::{
     PgPool,
     db::{
         self,
-        actions::{AttemptStart, Outcome, Recorded},
+        actions::{AttemptStart, ClaimPolicy, Outcome, Recorded},
     },
     domain::{Integration, TicketAction},
     jobs::ActionJob,
@@ -42,6 +43,8 @@ pub struct WorkerState {
     pub backoff: Backoff,
     /// One attempt's hard limit.
     pub action_timeout: std::time::Duration,
+    /// How claims apply integration limits.
+    pub claim: ClaimPolicy,
 }
 
 /// Why a delivery must be handed back to the queue (apalis retries it).
@@ -59,7 +62,7 @@ pub enum DeliveryError {
 /// outcomes recorded on the action.
 pub async fn execute_action(state: &WorkerState, job: &ActionJob) -> Result<(), DeliveryError> {
     let mut tx = db::begin_tenant(&state.pool, job.company_id).await?;
-    let start = db::actions::start_attempt(&mut tx, job).await?;
+    let start = db::actions::start_attempt(&mut tx, job, state.claim).await?;
     tx.commit().await.map_err(db::DbError::from)?;
     let (action, integration, attempt) = match start {
         AttemptStart::Run {
@@ -74,6 +77,12 @@ pub async fn execute_action(state: &WorkerState, job: &ActionJob) -> Result<(), 
         AttemptStart::Exhausted => {
             tracing::warn!(action.id = %job.action_id, ticket.id = %job.ticket_id, "action {} quarantined: attempts used up by crashed workers", job.action_id);
             metrics::counter!("txdx_worker_actions_quarantined_total").increment(1);
+            return Ok(());
+        }
+        AttemptStart::Snoozed { limit, until } => {
+            tracing::debug!(action.id = %job.action_id, ticket.id = %job.ticket_id, limit = limit.label(), "action {} snoozed until {until}: {limit}", job.action_id);
+            metrics::counter!("txdx_worker_actions_snoozed_total", "limit" => limit.label())
+                .increment(1);
             return Ok(());
         }
     };

@@ -3,7 +3,9 @@
 //! [`run`] builds the apalis monitor over apalis-postgres with the settings
 //! the queue's traps call for (see ARCHITECTURE.md): LISTEN/NOTIFY plus a
 //! short fallback poll, an explicit heartbeat × missed-beats orphan window,
-//! fetch batch = concurrency, and a fresh worker id per incarnation.
+//! fetch batch = concurrency, and a fresh worker id per incarnation. Beside
+//! it run the [`maintenance`] tasks (queue gauges, job retention), stopped
+//! with it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,6 +23,8 @@ use shared::{
 pub mod checks;
 /// One delivery: claim, run, record.
 pub mod handler;
+/// Periodic tasks: queue gauges, job retention.
+pub mod maintenance;
 /// Provider clients behind one interface.
 pub mod providers;
 /// Backoff policy.
@@ -62,6 +66,10 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
             cap: config.retry_backoff_cap,
         },
         action_timeout: config.action_timeout,
+        claim: shared::db::actions::ClaimPolicy {
+            stale_running_after: config.action_timeout
+                + config.queue_heartbeat * config.queue_missed_heartbeats as u32,
+        },
     }))
 }
 
@@ -131,6 +139,14 @@ pub async fn run(
         queue = ACTION_QUEUE,
         "worker {host}-{incarnation} starting"
     );
+    let maintenance = maintenance::Maintenance::spawn(
+        state.pool.clone(),
+        maintenance::MaintenanceSettings {
+            metrics_interval: config.queue_metrics_interval,
+            job_retention: config.job_retention,
+            retention_interval: config.job_retention_interval,
+        },
+    );
     let restart_backoff = RestartBackoff::default();
     let check_config = apalis_postgres::Config::default()
         .queue(CHECK_QUEUE)
@@ -140,7 +156,7 @@ pub async fn run(
     let state_for_checks = state.clone();
     let host_for_checks = host.clone();
     let incarnation_for_checks = incarnation.clone();
-    Monitor::new()
+    let monitor = Monitor::new()
         .register(move |restarts| {
             // LISTEN/NOTIFY wakes the worker at once; the 1 s poll is the
             // fallback for lost notifications and for jobs whose run time
@@ -195,7 +211,8 @@ pub async fn run(
             tracing::info!("shutdown requested: no new jobs; waiting for in-flight actions");
             Ok(())
         })
-        .await
-        .context("worker monitor")?;
+        .await;
+    maintenance.stop().await;
+    monitor.context("worker monitor")?;
     Ok(())
 }

@@ -1,6 +1,12 @@
 //! Ticket actions as the worker sees them: claim an attempt, then record its
 //! outcome with the ticket's derived status and an audit row, in one
 //! transaction, fenced by a compare-and-set on (status, attempts).
+//!
+//! A claim refused by its integration's limits is *snoozed*: the action stays
+//! PENDING with its attempts unchanged and a new job runs it later, so a
+//! limit never uses up an attempt and never fails an action.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -10,10 +16,12 @@ use uuid::Uuid;
 use super::{
     DbError,
     audit::{NewAuditEvent, insert_audit_event},
+    limits::{self, Admission, IntegrationLimits, LimitHit},
 };
 use crate::{
     domain::{ActionStatus, Integration, TicketAction, TicketStatus, derive_ticket_status},
     jobs::{ActionJob, enqueue_action},
+    providers::IntegrationSettings,
 };
 
 /// What the worker should do with a delivered job.
@@ -32,6 +40,23 @@ pub enum AttemptStart {
     Skip(&'static str),
     /// The attempts were used up by crashed workers: recorded as FAILED.
     Exhausted,
+    /// The integration is at one of its limits: the action was snoozed (see
+    /// [`snooze_action`]) and a new job runs it at `until`.
+    Snoozed {
+        /// The limit that refused it.
+        limit: LimitHit,
+        /// When the new job runs.
+        until: DateTime<Utc>,
+    },
+}
+
+/// How claims apply integration limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimPolicy {
+    /// A RUNNING action whose attempt started longer ago than this no longer
+    /// holds a concurrency slot of its integration: its worker is gone and
+    /// it was not rescued. Set it to the orphan window plus the action timeout.
+    pub stale_running_after: Duration,
 }
 
 const ACTION_COLUMNS: &str = "id, company_id, ticket_id, position, integration_id, provider, action, params, status, attempts, max_attempts, last_error, result, next_attempt_at, started_at, finished_at, created_at, updated_at";
@@ -40,11 +65,15 @@ const ACTION_COLUMNS: &str = "id, company_id, ticket_id, position, integration_i
 /// attempt counter incremented. Call in a tenant transaction and commit
 /// before running the provider.
 ///
+/// When the action's integration has limits, they are checked first
+/// ([`limits::admit`]); a refusal snoozes the action instead of claiming it.
+///
 /// # Errors
 /// Database failures.
 pub async fn start_attempt(
     conn: &mut PgConnection,
     job: &ActionJob,
+    policy: ClaimPolicy,
 ) -> Result<AttemptStart, DbError> {
     let action: Option<TicketAction> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ACTION_COLUMNS} FROM ticket_actions WHERE id = $1 AND company_id = $2 FOR UPDATE"
@@ -89,12 +118,6 @@ pub async fn start_attempt(
         .await?;
         return Ok(AttemptStart::Exhausted);
     }
-    let attempt = action.attempts + 1;
-    sqlx::query("UPDATE ticket_actions SET status = 'RUNNING', attempts = $2, started_at = coalesce(started_at, now()), next_attempt_at = NULL, updated_at = now() WHERE id = $1")
-        .bind(action.id)
-        .bind(attempt)
-        .execute(&mut *conn)
-        .await?;
     let integration: Option<Integration> = match action.integration_id {
         None => None,
         Some(id) => sqlx::query_as(
@@ -105,6 +128,41 @@ pub async fn start_attempt(
         .fetch_optional(&mut *conn)
         .await?,
     };
+    let mut admitted_at: Option<DateTime<Utc>> = None;
+    if let Some(integration) = &integration {
+        // Unparsable settings carry no limits; the attempt then fails on them.
+        let settings =
+            IntegrationSettings::parse(&integration.extra_json, "settings").unwrap_or_default();
+        let limits = IntegrationLimits {
+            max_concurrency: settings.max_concurrency,
+            rate_limit_per_sec: settings.rate_limit_per_sec,
+        };
+        if !limits.is_unlimited() {
+            match limits::admit(
+                conn,
+                job.company_id,
+                integration.id,
+                action.id,
+                limits,
+                policy.stale_running_after,
+            )
+            .await?
+            {
+                Admission::Admitted { at } => admitted_at = Some(at),
+                Admission::Refused { limit, retry_at } => {
+                    let until = snooze_action(conn, &action, limit, retry_at).await?;
+                    return Ok(AttemptStart::Snoozed { limit, until });
+                }
+            }
+        }
+    }
+    let attempt = action.attempts + 1;
+    sqlx::query("UPDATE ticket_actions SET status = 'RUNNING', attempts = $2, attempt_started_at = coalesce($3, clock_timestamp()), started_at = coalesce(started_at, $3, clock_timestamp()), next_attempt_at = NULL, slot_wait_since = NULL, updated_at = now() WHERE id = $1")
+        .bind(action.id)
+        .bind(attempt)
+        .bind(admitted_at)
+        .execute(&mut *conn)
+        .await?;
     Ok(AttemptStart::Run {
         action: Box::new(TicketAction {
             status: ActionStatus::Running,
@@ -114,6 +172,49 @@ pub async fn start_attempt(
         integration,
         attempt,
     })
+}
+
+/// Snoozes an action that may not start yet: back to (or left in) PENDING
+/// with its attempt counter unchanged (a crashed attempt that left it
+/// RUNNING still counts; the refused one does not), and a new job at
+/// `retry_at`, rounded up to the queue's whole seconds. Returns that time.
+/// Refused for concurrency, it also joins the integration's line of slot
+/// waiters ([`limits::wake_slot_waiter`]).
+///
+/// Fencing stays intact: an outcome is written only on (RUNNING, n), and a
+/// snoozed action is not RUNNING until its next claim makes it (RUNNING, n+1).
+/// Call inside the claim's tenant transaction, with the action row locked.
+///
+/// # Errors
+/// Database failures.
+pub async fn snooze_action(
+    conn: &mut PgConnection,
+    action: &TicketAction,
+    limit: LimitHit,
+    retry_at: DateTime<Utc>,
+) -> Result<DateTime<Utc>, DbError> {
+    let until = crate::jobs::queue_run_at(retry_at);
+    let waits_for_slot = matches!(limit, LimitHit::Concurrency { .. });
+    sqlx::query("UPDATE ticket_actions SET status = 'PENDING', next_attempt_at = $3, slot_wait_since = CASE WHEN $4 THEN coalesce(slot_wait_since, now()) ELSE slot_wait_since END, updated_at = now() WHERE id = $1 AND attempts = $2 AND status IN ('PENDING', 'RUNNING')")
+        .bind(action.id)
+        .bind(action.attempts)
+        .bind(until)
+        .bind(waits_for_slot)
+        .execute(&mut *conn)
+        .await?;
+    let backlog = company_backlog(conn, action.company_id).await?;
+    enqueue_action(
+        conn,
+        &ActionJob {
+            company_id: action.company_id,
+            ticket_id: action.ticket_id,
+            action_id: action.id,
+        },
+        Some(until),
+        backlog,
+    )
+    .await?;
+    Ok(until)
 }
 
 /// How one attempt ended.
@@ -266,6 +367,10 @@ async fn finish_action(
             payload["error"] = json!(error);
             insert_audit_event(conn, audit(verb, payload)).await?;
         }
+    }
+    // The action has left RUNNING: its slot is free for the next waiter.
+    if let Some(integration_id) = action.integration_id {
+        limits::wake_slot_waiter(conn, action.company_id, integration_id).await?;
     }
     settle_ticket(conn, action.company_id, action.ticket_id).await
 }

@@ -4,16 +4,23 @@ use std::{
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// The directory holding the workspace's built binaries.
+/// The directory holding the workspace's built binaries; `TXDX_E2E_BIN_DIR`
+/// points elsewhere (a release build, or copies kept safe from a target
+/// directory shared with other checkouts).
 fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TXDX_E2E_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     PathBuf::from(env!("CARGO_BIN_EXE_worker"))
         .parent()
         .unwrap()
@@ -29,11 +36,34 @@ pub fn free_port() -> u16 {
 }
 
 /// The database URL of the test's own database.
-fn database_url(pool: &PgPool) -> String {
+pub fn database_url(pool: &PgPool) -> String {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (./dev test provides it)");
     let db = pool.connect_options().get_database().unwrap().to_owned();
     let (prefix, _) = base.rsplit_once('/').unwrap();
     format!("{prefix}/{db}")
+}
+
+/// How [`System::start_with`] starts the processes.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Worker processes started at once.
+    pub workers: usize,
+    /// Environment on top of the defaults (same for api and workers).
+    pub env: &'a [(&'a str, &'a str)],
+    /// Write every process's stdout and stderr to a file (read back with
+    /// [`System::logs`]) instead of discarding it.
+    pub capture_logs: bool,
+    /// The database URL, when not the test's own database on `DATABASE_URL`'s server.
+    pub database_url: Option<String>,
+}
+
+/// One HTTP exchange with the api, as recorded by [`System::call`].
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: Method,
+    pub path: String,
+    pub status: StatusCode,
+    pub body: String,
 }
 
 pub struct System {
@@ -43,6 +73,12 @@ pub struct System {
     env: Vec<(String, String)>,
     api: Option<Child>,
     pub workers: Vec<Child>,
+    /// `host:port` of each worker's metrics endpoint, by worker index.
+    pub worker_metrics: Vec<String>,
+    /// Every exchange made through [`System::call`] (all the helpers use it).
+    pub transcript: Mutex<Vec<Exchange>>,
+    log_dir: Option<PathBuf>,
+    spawned: usize,
     _dir: TempDir,
 }
 
@@ -56,12 +92,32 @@ impl Drop for TempDir {
 impl System {
     /// Migrates, starts the api and `workers` worker processes.
     pub async fn start(pool: PgPool, workers: usize, extra: &[(&str, &str)]) -> Self {
+        Self::start_with(
+            pool,
+            Options {
+                workers,
+                env: extra,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// [`System::start`] with every option.
+    pub async fn start_with(pool: PgPool, options: Options<'_>) -> Self {
+        let (workers, extra) = (options.workers, options.env);
         shared::db::migrate(&pool).await.unwrap();
         let dir = std::env::temp_dir().join(format!("txdx-e2e-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
+        let log_dir = options.capture_logs.then(|| {
+            let logs = dir.join("logs");
+            std::fs::create_dir_all(&logs).unwrap();
+            logs
+        });
         let api_port = free_port();
+        let url = options.database_url.unwrap_or_else(|| database_url(&pool));
         let mut env: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), database_url(&pool)),
+            ("DATABASE_URL".into(), url),
             (
                 "JWT_SECRET_KEY".into(),
                 "e2e-secret-key-that-is-long-enough-0123456789".into(),
@@ -91,6 +147,10 @@ impl System {
             env,
             api: None,
             workers: Vec::new(),
+            worker_metrics: Vec::new(),
+            transcript: Mutex::new(Vec::new()),
+            log_dir,
+            spawned: 0,
             _dir: TempDir(dir),
         };
         system.start_api().await;
@@ -100,7 +160,7 @@ impl System {
         system
     }
 
-    pub fn command(&self, bin: &str) -> Command {
+    pub fn command(&mut self, bin: &str) -> Command {
         let path = bin_dir().join(bin);
         assert!(
             path.exists(),
@@ -112,10 +172,35 @@ impl System {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
-        if std::env::var_os("TXDX_E2E_LOGS").is_none() {
+        self.spawned += 1;
+        if let Some(logs) = &self.log_dir {
+            let file =
+                std::fs::File::create(logs.join(format!("{}-{bin}.log", self.spawned))).unwrap();
+            cmd.stdout(file.try_clone().unwrap()).stderr(file);
+        } else if std::env::var_os("TXDX_E2E_LOGS").is_none() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         cmd
+    }
+
+    /// Everything the processes wrote so far, when started with
+    /// `capture_logs`: (file name, contents) per process incarnation.
+    pub fn logs(&self) -> Vec<(String, String)> {
+        let Some(dir) = &self.log_dir else {
+            return Vec::new();
+        };
+        let mut logs: Vec<(String, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (
+                    entry.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(entry.path()).unwrap(),
+                )
+            })
+            .collect();
+        logs.sort();
+        logs
     }
 
     async fn start_api(&mut self) {
@@ -140,9 +225,59 @@ impl System {
     /// Starts one more worker process (its metrics on a free port).
     pub fn start_worker(&mut self) -> usize {
         let mut cmd = self.command("worker");
-        cmd.env("WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()));
+        let metrics = format!("127.0.0.1:{}", free_port());
+        cmd.env("WORKER_METRICS_ADDR", &metrics);
         self.workers.push(cmd.spawn().unwrap());
+        self.worker_metrics.push(metrics);
         self.workers.len() - 1
+    }
+
+    /// Whether worker `i` is still running.
+    pub fn worker_alive(&mut self, i: usize) -> bool {
+        matches!(self.workers[i].try_wait(), Ok(None))
+    }
+
+    /// The text of worker `i`'s `/metrics` (waits for it to listen).
+    pub async fn worker_metrics_text(&self, i: usize) -> String {
+        let url = format!("http://{}/metrics", self.worker_metrics[i]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.client.get(&url).send().await
+                && r.status() == 200
+            {
+                return r.text().await.unwrap();
+            }
+            assert!(Instant::now() < deadline, "worker {i} serves no metrics");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One request to the api, recorded in [`System::transcript`]; answers
+    /// the status and the body parsed as JSON (`Value::Null` when it is not).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method.clone(), self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        self.transcript.lock().unwrap().push(Exchange {
+            method,
+            path: path.to_owned(),
+            status,
+            body: text.clone(),
+        });
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// `kill -9` of worker `i`.
@@ -170,58 +305,45 @@ impl System {
     /// Registers a company; returns its ADMIN's access token.
     pub async fn register(&self, name: &str) -> String {
         let username = format!("{}-admin", name.to_lowercase());
-        let r = self
-            .client
-            .post(self.url("/api/auth/register"))
-            .json(&json!({"company_name": name, "username": username, "email": format!("{username}@example.com"), "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let body: Value = r.json().await.unwrap();
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/auth/register",
+                None,
+                Some(&json!({"company_name": name, "username": username, "email": format!("{username}@example.com"), "password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
         body["tokens"]["access_token"].as_str().unwrap().to_owned()
     }
 
     pub async fn create_integration(&self, token: &str, body: Value) -> String {
-        let r = self
-            .client
-            .post(self.url("/api/integrations"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap();
+        let (status, body) = self
+            .call(Method::POST, "/api/integrations", Some(token), Some(&body))
+            .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().unwrap().to_owned()
     }
 
     pub async fn create_ticket(&self, token: &str, body: Value) -> Value {
-        let r = self
-            .client
-            .post(self.url("/api/tickets"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap();
+        let (status, body) = self
+            .call(Method::POST, "/api/tickets", Some(token), Some(&body))
+            .await;
         assert_eq!(status, 201, "{body}");
         body
     }
 
     pub async fn get_ticket(&self, token: &str, id: &str) -> Value {
-        self.client
-            .get(self.url(&format!("/api/tickets/{id}")))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/api/tickets/{id}"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// Polls until the ticket is terminal; panics after `timeout`.
@@ -287,7 +409,9 @@ impl System {
             0,
             "a first action without its job"
         );
-        assert_eq!(q("SELECT count(*) FROM ticket_actions a WHERE a.job_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.id = a.job_id)").await, 0, "an action pointing at a missing job");
+        // Unfinished only: retention deletes the jobs of finished actions.
+        assert_eq!(q("SELECT count(*) FROM ticket_actions a WHERE a.status IN ('PENDING', 'RUNNING') AND a.job_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.id = a.job_id)").await, 0, "an unfinished action pointing at a missing job");
+        assert_eq!(q("SELECT count(*) FROM ticket_actions a JOIN tickets t ON t.id = a.ticket_id WHERE t.status <> 'PENDING' AND a.status IN ('PENDING', 'RUNNING')").await, 0, "a closed ticket with an unfinished action");
         assert_eq!(q("SELECT count(*) FROM (SELECT entity_id FROM audit_logs WHERE action = 'action.succeeded' GROUP BY entity_id HAVING count(*) > 1) d").await, 0, "an action that succeeded twice");
     }
 }

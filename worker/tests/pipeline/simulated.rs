@@ -173,7 +173,7 @@ async fn create_operator_reads_the_password_from_stdin_and_the_operator_gets_int
     pool: PgPool,
 ) {
     use std::io::Write;
-    let system = System::start(pool, 0, &[]).await;
+    let mut system = System::start(pool, 0, &[]).await;
     let mut child = system
         .command("api")
         .args(["create-operator", "--username", "Ops"])

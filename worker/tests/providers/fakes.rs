@@ -31,6 +31,12 @@ use tokio::{net::TcpListener, task::JoinHandle};
 /// One request a fake received.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// When it arrived.
+    #[allow(
+        dead_code,
+        reason = "read by the pipeline tests, which share this file; `expect` would be unfulfilled there"
+    )]
+    pub at: chrono::DateTime<chrono::Utc>,
     pub method: Method,
     pub path: String,
     pub query: String,
@@ -112,6 +118,7 @@ async fn record_or_can(State(tap): State<Tap>, request: Request, next: Next) -> 
         .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     tap.seen.lock().unwrap().push(Seen {
+        at: chrono::Utc::now(),
         method: parts.method.clone(),
         path: path.clone(),
         query: parts.uri.query().unwrap_or_default().to_owned(),
@@ -511,6 +518,19 @@ impl PanFake {
     /// Forgets every generated key (as an expired key lifetime would).
     pub fn revoke_generated_keys(&self) {
         self.state.lock().unwrap().valid_generated.clear();
+    }
+
+    /// Accepts `key` as an API key from now on (besides [`PAN_API_KEY`]).
+    #[allow(
+        dead_code,
+        reason = "used by the pipeline tests, which share this file; `expect` would be unfulfilled there"
+    )]
+    pub fn accept_api_key(&self, key: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .valid_generated
+            .insert(key.to_owned());
     }
 
     /// The (ip, tag) pairs registered now.

@@ -1,0 +1,149 @@
+//! The apalis queue as a whole, across tenants: depth for the worker's
+//! gauges, and the retention sweep that deletes finished job rows (apalis
+//! itself never does).
+//!
+//! `apalis.jobs` and `apalis.workers` carry no tenant data beyond ids and
+//! sit outside row-level security; these functions run on the worker's own
+//! connection, never inside a tenant transaction.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+use super::DbError;
+
+/// Counts of one queue's jobs by state, read in one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct QueueStats {
+    /// Jobs runnable now (pending, run time reached), not yet fetched.
+    pub ready: i64,
+    /// Jobs waiting for a later run time (retry backoff, snoozes).
+    pub scheduled: i64,
+    /// Jobs fetched by a worker (queued in its buffer or running).
+    pub running: i64,
+    /// How long the oldest ready job has been runnable, in seconds (0 when
+    /// none is ready): the queue's wait, as a client feels it.
+    pub oldest_ready_age_secs: f64,
+}
+
+/// Reads the depth of `queue`.
+///
+/// A job apalis may still retry (`Failed` with attempts left) counts as
+/// ready, as apalis's own fetch treats it.
+///
+/// # Errors
+/// Database failures.
+pub async fn queue_stats(conn: &mut PgConnection, queue: &str) -> Result<QueueStats, DbError> {
+    let (ready, scheduled, running, oldest): (i64, i64, i64, Option<f64>) = sqlx::query_as(
+        "WITH live AS (
+             SELECT status, run_at,
+                    (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AS waiting
+             FROM apalis.jobs
+             WHERE job_type = $1
+               AND (status IN ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))
+         )
+         SELECT count(*) FILTER (WHERE waiting AND run_at <= now()),
+                count(*) FILTER (WHERE waiting AND run_at > now()),
+                count(*) FILTER (WHERE status IN ('Queued', 'Running')),
+                extract(epoch FROM now() - min(run_at) FILTER (WHERE waiting AND run_at <= now()))::float8
+         FROM live",
+    )
+    .bind(queue)
+    .fetch_one(conn)
+    .await?;
+    Ok(QueueStats {
+        ready,
+        scheduled,
+        running,
+        oldest_ready_age_secs: oldest.unwrap_or(0.0).max(0.0),
+    })
+}
+
+/// The advisory lock (session level) that makes one process at a time run
+/// the retention sweep. Its value is arbitrary but fixed (`"txdx:ret"` in
+/// ASCII).
+pub const RETENTION_LOCK_KEY: i64 = 0x7478_6478_3a72_6574;
+
+/// The least silence before a worker row is deleted, whatever the job
+/// retention: a live but stalled worker must find its row again (its fetched
+/// jobs reference it).
+pub const WORKER_ROW_RETENTION: Duration = Duration::from_secs(3600);
+
+/// What one retention sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Purged {
+    /// Finished job rows deleted.
+    pub jobs: u64,
+    /// Worker rows deleted (long silent, no job left pointing at them).
+    pub workers: u64,
+}
+
+/// Deletes `queue`'s finished job rows (`Done`, `Killed`, and `Failed` with
+/// no attempt left) that finished more than `older_than` ago, `batch` rows
+/// per statement so no statement holds many locks or runs long; then the
+/// queue's worker rows silent for as long (and at least [`WORKER_ROW_RETENTION`])
+/// that no job references any more.
+///
+/// Runs only if no other process is sweeping: answers `None` when the
+/// [`RETENTION_LOCK_KEY`] lock is taken. The lock is held on a connection of
+/// its own that is closed afterwards, so a failed sweep cannot leave it held.
+///
+/// # Errors
+/// Database failures (rows deleted by earlier batches stay deleted).
+pub async fn purge_finished_jobs(
+    pool: &PgPool,
+    queue: &str,
+    older_than: Duration,
+    batch: i64,
+) -> Result<Option<Purged>, DbError> {
+    let mut conn = pool.acquire().await?;
+    // Closing the session is what releases the lock, on every path.
+    conn.close_on_drop();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(RETENTION_LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let older_than_secs = older_than.as_secs_f64();
+    let mut purged = Purged::default();
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM apalis.jobs WHERE id IN (
+                 SELECT id FROM apalis.jobs
+                 WHERE job_type = $1
+                   AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))
+                   AND coalesce(done_at, run_at) < now() - make_interval(secs => $2)
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(queue)
+        .bind(older_than_secs)
+        .bind(batch.max(1))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        purged.jobs += deleted;
+        if deleted < u64::try_from(batch.max(1)).unwrap_or(1) {
+            break;
+        }
+    }
+    purged.workers = sqlx::query(
+        "DELETE FROM apalis.workers w
+         WHERE w.worker_type = $1
+           AND w.last_seen < now() - make_interval(secs => greatest($2, $3))
+           AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
+    )
+    .bind(queue)
+    .bind(older_than_secs)
+    .bind(WORKER_ROW_RETENTION.as_secs_f64())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(RETENTION_LOCK_KEY)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some(purged))
+}

@@ -1,0 +1,410 @@
+//! The queue-side repository functions against a real Postgres: integration
+//! limits at claim time (concurrency, sliding-window rate, snooze), the queue
+//! depth gauges' query, and the retention sweep.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test on setup errors"
+)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use shared::{
+    db::{
+        self,
+        actions::{AttemptStart, ClaimPolicy},
+        apalis_queue::{RETENTION_LOCK_KEY, purge_finished_jobs, queue_stats},
+        limits::{Admission, IntegrationLimits, LimitHit},
+    },
+    jobs::{ACTION_QUEUE, ActionJob},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const POLICY: ClaimPolicy = ClaimPolicy {
+    stale_running_after: Duration::from_secs(60),
+};
+
+/// A company, an integration with `settings`, and `n` one-action tickets on
+/// it; returns (company, integration, action ids).
+async fn seed(pool: &PgPool, settings: serde_json::Value, n: usize) -> (Uuid, Uuid, Vec<Uuid>) {
+    let company: Uuid =
+        sqlx::query_scalar("INSERT INTO companies (name) VALUES ('Acme') RETURNING id")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let integration: Uuid = sqlx::query_scalar(
+        "INSERT INTO integrations (company_id, provider, name, extra_json) VALUES ($1, 'PALO_ALTO', 'fw', $2) RETURNING id",
+    )
+    .bind(company)
+    .bind(settings)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let mut actions = Vec::new();
+    for _ in 0..n {
+        let ticket: Uuid = sqlx::query_scalar(
+            "INSERT INTO tickets (company_id, subject) VALUES ($1, 's') RETURNING id",
+        )
+        .bind(company)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        actions.push(sqlx::query_scalar(
+            "INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action, params) VALUES ($1, $2, 0, $3, 'PALO_ALTO', 'block_ip', '{\"ip\": \"198.51.100.1\"}') RETURNING id",
+        )
+        .bind(company)
+        .bind(ticket)
+        .bind(integration)
+        .fetch_one(pool)
+        .await
+        .unwrap());
+    }
+    (company, integration, actions)
+}
+
+async fn claim(pool: &PgPool, company: Uuid, action: Uuid) -> AttemptStart {
+    let ticket: Uuid = sqlx::query_scalar("SELECT ticket_id FROM ticket_actions WHERE id = $1")
+        .bind(action)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut tx = db::begin_tenant(pool, company).await.unwrap();
+    let start = db::actions::start_attempt(
+        &mut tx,
+        &ActionJob {
+            company_id: company,
+            ticket_id: ticket,
+            action_id: action,
+        },
+        POLICY,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    start
+}
+
+async fn action_row(pool: &PgPool, action: Uuid) -> (String, i32, Option<DateTime<Utc>>) {
+    sqlx::query_as("SELECT status, attempts, next_attempt_at FROM ticket_actions WHERE id = $1")
+        .bind(action)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn jobs_of(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_claim_over_max_concurrency_is_snoozed_without_using_an_attempt(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (company, _, actions) = seed(&pool, json!({"max_concurrency": 1}), 2).await;
+    assert!(matches!(
+        claim(&pool, company, actions[0]).await,
+        AttemptStart::Run { attempt: 1, .. }
+    ));
+    let before = Utc::now();
+    let AttemptStart::Snoozed { limit, until } = claim(&pool, company, actions[1]).await else {
+        panic!("the second claim should be snoozed");
+    };
+    assert_eq!(limit, LimitHit::Concurrency { max: 1 });
+    assert!(until > before, "{until} is in the future");
+    assert_eq!(
+        until.timestamp_subsec_nanos(),
+        0,
+        "a whole second, as apalis stores it"
+    );
+    let (status, attempts, next) = action_row(&pool, actions[1]).await;
+    assert_eq!((status.as_str(), attempts), ("PENDING", 0));
+    assert_eq!(next, Some(until));
+    // The snooze's job is the action's job now, scheduled at `until`.
+    let run_at: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT j.run_at FROM apalis.jobs j JOIN ticket_actions a ON a.job_id = j.id WHERE a.id = $1",
+    )
+    .bind(actions[1])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(run_at, until);
+    // The first action finishing frees the slot.
+    sqlx::query("UPDATE ticket_actions SET status = 'SUCCEEDED' WHERE id = $1")
+        .bind(actions[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        claim(&pool, company, actions[1]).await,
+        AttemptStart::Run { attempt: 1, .. }
+    ));
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_outcome_that_frees_a_slot_wakes_the_longest_waiting_action_at_once(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (company, _, actions) = seed(&pool, json!({"max_concurrency": 1}), 3).await;
+    let AttemptStart::Run {
+        action, attempt, ..
+    } = claim(&pool, company, actions[0]).await
+    else {
+        panic!("the first claim runs");
+    };
+    for waiter in &actions[1..] {
+        assert!(matches!(
+            claim(&pool, company, *waiter).await,
+            AttemptStart::Snoozed { .. }
+        ));
+    }
+    let job_run_at = |action: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, DateTime<Utc>>(
+                "SELECT j.run_at FROM apalis.jobs j JOIN ticket_actions a ON a.job_id = j.id WHERE a.id = $1",
+            )
+            .bind(action)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mut tx = db::begin_tenant(&pool, company).await.unwrap();
+    db::actions::record_outcome(
+        &mut tx,
+        &action,
+        attempt,
+        db::actions::Outcome::Succeeded { result: json!({}) },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // The first in line is runnable now; the second keeps its later time.
+    assert!(job_run_at(actions[1]).await <= Utc::now());
+    assert!(job_run_at(actions[2]).await > Utc::now());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_running_row_older_than_the_stale_bound_no_longer_holds_its_slot(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (company, _, actions) = seed(&pool, json!({"max_concurrency": 1}), 2).await;
+    claim(&pool, company, actions[0]).await;
+    sqlx::query("UPDATE ticket_actions SET attempt_started_at = now() - interval '61 seconds' WHERE id = $1")
+        .bind(actions[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        claim(&pool, company, actions[1]).await,
+        AttemptStart::Run { .. }
+    ));
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_rate_limit_admits_n_per_sliding_second_and_tells_when_the_next_fits(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (company, integration, actions) = seed(&pool, json!({}), 3).await;
+    let limits = IntegrationLimits {
+        max_concurrency: None,
+        rate_limit_per_sec: Some(2),
+    };
+    let admit = |action: Uuid| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = db::begin_tenant(&pool, company).await.unwrap();
+            let admission = db::limits::admit(
+                &mut tx,
+                company,
+                integration,
+                action,
+                limits,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            admission
+        }
+    };
+    let Admission::Admitted { at: first } = admit(actions[0]).await else {
+        panic!("first start refused")
+    };
+    assert!(matches!(
+        admit(actions[1]).await,
+        Admission::Admitted { .. }
+    ));
+    let Admission::Refused { limit, retry_at } = admit(actions[2]).await else {
+        panic!("a third start within the second was admitted")
+    };
+    assert_eq!(limit, LimitHit::Rate { per_sec: 2 });
+    assert_eq!(retry_at, first + chrono::Duration::seconds(1));
+    // A second later the window has room again.
+    tokio::time::sleep((retry_at - Utc::now()).to_std().unwrap_or_default()).await;
+    assert!(matches!(
+        admit(actions[2]).await,
+        Admission::Admitted { .. }
+    ));
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM integration_call_starts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(logged <= 2, "older starts are pruned: {logged} rows");
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_integration_without_limits_takes_no_lock_and_logs_nothing(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (company, _, actions) = seed(&pool, json!({}), 3).await;
+    for action in &actions {
+        assert!(matches!(
+            claim(&pool, company, *action).await,
+            AttemptStart::Run { .. }
+        ));
+    }
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM integration_call_starts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 0);
+    assert_eq!(jobs_of(&pool).await, 0, "no snooze job");
+}
+
+/// Inserts a job row of `job_type` in `status`, finished `age` ago.
+async fn insert_job(pool: &PgPool, job_type: &str, status: &str, attempts: i32, age_secs: f64) {
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, done_at)
+         VALUES ('\\x00'::bytea, $1, $2, $3, $4, 3, now() - make_interval(secs => $5), CASE WHEN $3 IN ('Pending', 'Queued', 'Running') THEN NULL ELSE now() - make_interval(secs => $5) END)",
+    )
+    .bind(ulid::Ulid::generate().to_string())
+    .bind(job_type)
+    .bind(status)
+    .bind(attempts)
+    .bind(age_secs)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn count_jobs(pool: &PgPool, filter: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM apalis.jobs WHERE {filter}"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn retention_deletes_only_old_finished_jobs_of_our_queue_in_batches(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let hour = 3600.0;
+    for _ in 0..25 {
+        insert_job(&pool, ACTION_QUEUE, "Done", 1, 2.0 * hour).await;
+    }
+    insert_job(&pool, ACTION_QUEUE, "Killed", 1, 2.0 * hour).await;
+    insert_job(&pool, ACTION_QUEUE, "Failed", 3, 2.0 * hour).await; // no attempt left
+    // Kept: apalis may still retry it, it is recent, unfinished, or not ours.
+    insert_job(&pool, ACTION_QUEUE, "Failed", 1, 2.0 * hour).await;
+    insert_job(&pool, ACTION_QUEUE, "Done", 1, 60.0).await;
+    insert_job(&pool, ACTION_QUEUE, "Pending", 0, 2.0 * hour).await;
+    insert_job(&pool, "someone::else", "Done", 1, 2.0 * hour).await;
+    // A worker row silent for two hours with no job: deleted; a live one stays.
+    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen) VALUES ('dead', $1, 'pg', '', now() - interval '2 hours'), ('alive', $1, 'pg', '', now())")
+        .bind(ACTION_QUEUE)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let purged = purge_finished_jobs(&pool, ACTION_QUEUE, Duration::from_secs(3600), 10)
+        .await
+        .unwrap()
+        .expect("no one else holds the lock");
+    assert_eq!(purged.jobs, 27, "3 batches of 10, 10, 7");
+    assert_eq!(purged.workers, 1);
+    assert_eq!(count_jobs(&pool, "true").await, 4);
+    assert_eq!(
+        count_jobs(&pool, "job_type = 'someone::else'").await,
+        1,
+        "another queue's rows are not ours to delete"
+    );
+    let workers: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.workers ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, ["alive"]);
+    // Idempotent.
+    let again = purge_finished_jobs(&pool, ACTION_QUEUE, Duration::from_secs(3600), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.jobs, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn retention_skips_while_another_process_sweeps(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    insert_job(&pool, ACTION_QUEUE, "Done", 1, 7200.0).await;
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(RETENTION_LOCK_KEY)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let skipped = purge_finished_jobs(&pool, ACTION_QUEUE, Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(skipped, None);
+    assert_eq!(count_jobs(&pool, "true").await, 1);
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(RETENTION_LOCK_KEY)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let swept = purge_finished_jobs(&pool, ACTION_QUEUE, Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(swept.jobs, 1);
+}
+
+#[sqlx::test(migrations = false)]
+async fn queue_stats_count_ready_scheduled_and_running_jobs_and_the_oldest_wait(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    insert_job(&pool, ACTION_QUEUE, "Pending", 0, 30.0).await;
+    insert_job(&pool, ACTION_QUEUE, "Pending", 0, 5.0).await;
+    insert_job(&pool, ACTION_QUEUE, "Failed", 1, 10.0).await; // apalis retries it
+    insert_job(&pool, ACTION_QUEUE, "Done", 1, 100.0).await;
+    insert_job(&pool, "someone::else", "Pending", 0, 500.0).await;
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, run_at) VALUES ('\\x00'::bytea, 'future', $1, 'Pending', now() + interval '1 minute')",
+    )
+    .bind(ACTION_QUEUE)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers) VALUES ('w', $1, 'pg', '')")
+        .bind(ACTION_QUEUE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, lock_by) VALUES ('\\x00'::bytea, 'running', $1, 'Running', 'w')",
+    )
+    .bind(ACTION_QUEUE)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let stats = queue_stats(&mut conn, ACTION_QUEUE).await.unwrap();
+    assert_eq!((stats.ready, stats.scheduled, stats.running), (3, 1, 1));
+    assert!(
+        (29.0..40.0).contains(&stats.oldest_ready_age_secs),
+        "{}",
+        stats.oldest_ready_age_secs
+    );
+}

@@ -1,0 +1,404 @@
+//! Faults of the processes around the pipeline: a worker killed and started
+//! again at once, SIGTERM with actions in flight, a poison action that takes
+//! its worker down every time, and PostgreSQL itself stopping mid-load.
+//! Each prints a `figure:` line.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::{
+    cluster::PrivateCluster,
+    harness::{Options, System},
+};
+
+/// Waits until at least `n` actions of `integration` are RUNNING.
+async fn wait_running(system: &System, integration: &str, n: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM ticket_actions WHERE integration_id = $1::uuid AND status = 'RUNNING'",
+        )
+        .bind(integration)
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+        if running >= n {
+            return running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} of {n} actions running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn tickets(system: &System, token: &str, integration: &str, n: usize) {
+    for i in 0..n {
+        system
+            .create_ticket(token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": "198.51.100.5"}}]}))
+            .await;
+    }
+}
+
+async fn count(system: &System, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&system.pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_killed_and_restarted_at_once_strands_none_of_its_jobs(pool: PgPool) {
+    let mut system = System::start(pool, 1, &[("WORKER_CONCURRENCY", "4")]).await;
+    let token = system.register("Acme").await;
+    let slow = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 1500}}))
+        .await;
+    tickets(&system, &token, &slow, 8).await;
+    let in_flight = wait_running(&system, &slow, 4).await;
+    let dead: String = sqlx::query_scalar(
+        "SELECT DISTINCT lock_by FROM apalis.jobs WHERE status IN ('Queued', 'Running')",
+    )
+    .fetch_one(&system.pool)
+    .await
+    .unwrap();
+    system.kill_worker(0);
+    let killed = Instant::now();
+    system.start_worker();
+    system.wait_all_terminal(Duration::from_secs(60)).await;
+    let recovered = killed.elapsed();
+    let workers: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM apalis.workers ORDER BY last_seen")
+            .fetch_all(&system.pool)
+            .await
+            .unwrap();
+    let stranded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE lock_by = $1 AND status IN ('Queued', 'Running')",
+    )
+    .bind(&dead)
+    .fetch_one(&system.pool)
+    .await
+    .unwrap();
+    let rerun = count(
+        &system,
+        "SELECT count(*) FROM ticket_actions WHERE attempts = 2",
+    )
+    .await;
+    println!(
+        "figure: kill -9 with {in_flight} actions in flight, restarted at once under a new id: all 8 done {recovered:?} after the kill, {rerun} attempts re-run, workers seen {workers:?}"
+    );
+    assert_eq!(
+        stranded, 0,
+        "jobs still held by the dead incarnation {dead}"
+    );
+    assert!(workers.len() >= 2 && workers.contains(&dead), "{workers:?}");
+    assert!(
+        workers
+            .iter()
+            .filter(|w| **w != dead)
+            .all(|w| w.rsplit('-').nth(1) != dead.rsplit('-').nth(1)),
+        "the new process reused the dead one's incarnation id: {workers:?}"
+    );
+    assert_eq!(
+        count(
+            &system,
+            "SELECT count(*) FROM tickets WHERE status = 'EXECUTED'"
+        )
+        .await,
+        8
+    );
+    assert_eq!(rerun, in_flight, "exactly the killed attempts ran again");
+    system.assert_invariants().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn sigterm_with_actions_in_flight_exits_within_the_shutdown_timeout_and_strands_nothing(
+    pool: PgPool,
+) {
+    let mut system = System::start(pool, 1, &[("WORKER_CONCURRENCY", "4")]).await;
+    let token = system.register("Acme").await;
+    let slow = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 1500}}))
+        .await;
+    tickets(&system, &token, &slow, 10).await;
+    let in_flight = wait_running(&system, &slow, 2).await;
+    let stopped: String = sqlx::query_scalar(
+        "SELECT DISTINCT lock_by FROM apalis.jobs WHERE status IN ('Queued', 'Running')",
+    )
+    .fetch_one(&system.pool)
+    .await
+    .unwrap();
+    let took = system.terminate_worker(0);
+    let held_after_exit: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE lock_by = $1 AND status IN ('Queued', 'Running')",
+    )
+    .bind(&stopped)
+    .fetch_one(&system.pool)
+    .await
+    .unwrap();
+    let finished_by_exit = count(
+        &system,
+        "SELECT count(*) FROM ticket_actions WHERE status = 'SUCCEEDED'",
+    )
+    .await;
+    let running_after_exit = count(
+        &system,
+        "SELECT count(*) FROM ticket_actions WHERE status = 'RUNNING'",
+    )
+    .await;
+    println!(
+        "figure: SIGTERM with {in_flight} actions of 1.5 s in flight: exited in {took:?} (SHUTDOWN_TIMEOUT_SECS=5), {finished_by_exit} finished, {running_after_exit} left RUNNING, {held_after_exit} jobs left held by it"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?} to exit");
+    assert_eq!(held_after_exit, 0, "jobs left held by the stopped worker");
+    assert_eq!(
+        running_after_exit, 0,
+        "in-flight actions were drained, not abandoned"
+    );
+    // A new worker finishes the rest; nothing was charged for the shutdown.
+    system.start_worker();
+    system.wait_all_terminal(Duration::from_secs(60)).await;
+    assert_eq!(
+        count(
+            &system,
+            "SELECT count(*) FROM tickets WHERE status = 'EXECUTED'"
+        )
+        .await,
+        10
+    );
+    assert_eq!(
+        count(
+            &system,
+            "SELECT count(*) FROM ticket_actions WHERE attempts <> 1"
+        )
+        .await,
+        0
+    );
+    // The last job's ack follows its outcome's commit by a few milliseconds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(
+        &system,
+        "SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')",
+    )
+    .await
+        > 0
+    {
+        assert!(Instant::now() < deadline, "a job left held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.assert_invariants().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_poison_action_that_takes_its_worker_down_is_quarantined_while_its_batch_mates_finish(
+    pool: PgPool,
+) {
+    let mut system = System::start(pool, 1, &[("ACTION_MAX_ATTEMPTS", "3")]).await;
+    let token = system.register("Acme").await;
+    let poison = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "poison", "settings": {"simulated_latency_ms": 1500}}))
+        .await;
+    let quick = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "quick", "settings": {"simulated_latency_ms": 50}}))
+        .await;
+    let poisoned = system
+        .create_ticket(&token, json!({"subject": "poison", "actions": [{"integration_id": poison, "action": "block_ip", "params": {"ip": "198.51.100.66"}}]}))
+        .await;
+    let poisoned = poisoned["id"].as_str().unwrap().to_owned();
+    tickets(&system, &token, &quick, 5).await;
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut worker = 0;
+    let mut seen_attempt = 0;
+    loop {
+        let (status, attempts): (String, i32) = sqlx::query_as(
+            "SELECT status, attempts FROM ticket_actions WHERE integration_id = $1::uuid",
+        )
+        .bind(&poison)
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+        if status == "FAILED" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && kills <= 4,
+            "poison still {status} after {kills} kills"
+        );
+        if status == "RUNNING" && attempts > seen_attempt {
+            // The poison "crashes" its worker mid-call, every time; a short
+            // wait lets the batch-mates that started with it finish first.
+            seen_attempt = attempts;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            system.kill_worker(worker);
+            kills += 1;
+            worker = system.start_worker();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let quarantined_after = started.elapsed();
+    system.wait_all_terminal(Duration::from_secs(30)).await;
+    let done = system.get_ticket(&token, &poisoned).await;
+    println!(
+        "figure: poison action killed its worker {kills} times, quarantined FAILED after {quarantined_after:?} (ACTION_MAX_ATTEMPTS=3, orphan window 3 s); its 5 batch-mates EXECUTED"
+    );
+    assert_eq!(kills, 3, "one kill per attempt, no more");
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let action = &done["actions"][0];
+    assert_eq!(action["attempts"], 3);
+    assert!(
+        action["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("attempts exhausted"),
+        "{action}"
+    );
+    assert!(
+        done["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("attempts exhausted")
+    );
+    let mates: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT t.status, a.attempts FROM tickets t JOIN ticket_actions a ON a.ticket_id = t.id WHERE a.integration_id = $1::uuid",
+    )
+    .bind(&quick)
+    .fetch_all(&system.pool)
+    .await
+    .unwrap();
+    assert_eq!(mates.len(), 5);
+    assert!(mates.iter().all(|(s, _)| s == "EXECUTED"), "{mates:?}");
+    assert!(system.worker_alive(worker), "the last worker runs on");
+    system.assert_invariants().await;
+}
+
+#[tokio::test]
+async fn postgres_stopped_mid_load_answers_503_then_api_and_workers_recover_by_themselves() {
+    let cluster = match PrivateCluster::start() {
+        Ok(cluster) => cluster,
+        Err(reason) => {
+            println!("skipped: cannot run a private PostgreSQL here: {reason}");
+            return;
+        }
+    };
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE txdx")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = cluster.url("txdx");
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+        .unwrap();
+    let system = System::start_with(
+        pool,
+        Options {
+            workers: 2,
+            env: &[("WORKER_CONCURRENCY", "2")],
+            database_url: Some(url),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = system.register("Acme").await;
+    let fw = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 150}}))
+        .await;
+    tickets(&system, &token, &fw, 30).await;
+    // Mid-load: some done, most not.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(
+        &system,
+        "SELECT count(*) FROM tickets WHERE status = 'EXECUTED'",
+    )
+    .await
+        < 5
+    {
+        assert!(Instant::now() < deadline, "no progress before the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let executed_before = count(
+        &system,
+        "SELECT count(*) FROM tickets WHERE status = 'EXECUTED'",
+    )
+    .await;
+    cluster.stop_server().unwrap();
+    let outage = Instant::now();
+    // The api answers within its pool's acquire timeout (5 s) and says why,
+    // instead of hanging; readiness says the same.
+    let asked = Instant::now();
+    let (response, ready) = tokio::join!(
+        system
+            .client
+            .get(system.url("/api/tickets"))
+            .bearer_auth(&token)
+            .timeout(Duration::from_secs(20))
+            .send(),
+        system
+            .client
+            .get(system.url("/ready"))
+            .timeout(Duration::from_secs(20))
+            .send()
+    );
+    let answered_in = asked.elapsed();
+    let response = response.expect("the api answered during the outage");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 503, "{problem}");
+    assert_eq!(ready.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start_server().unwrap();
+    let down_for = outage.elapsed();
+    let back = Instant::now();
+    // Nobody restarts anything: both recover by themselves.
+    loop {
+        let ready = system
+            .client
+            .get(system.url("/ready"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the api stays unready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api_ready_in = back.elapsed();
+    let drained = system.wait_all_terminal(Duration::from_secs(90)).await;
+    let executed = count(
+        &system,
+        "SELECT count(*) FROM tickets WHERE status = 'EXECUTED'",
+    )
+    .await;
+    let terminal = count(
+        &system,
+        "SELECT count(*) FROM tickets WHERE status <> 'PENDING'",
+    )
+    .await;
+    println!(
+        "figure: PostgreSQL down {down_for:?} mid-load ({executed_before}/30 done): api answered 503 problem+json in {answered_in:?}; ready again {api_ready_in:?} after the restart; all 30 terminal {drained:?} after it ({executed} EXECUTED)"
+    );
+    assert_eq!(terminal, 30);
+    assert_eq!(executed, 30, "a database outage is not a provider failure");
+    system.assert_invariants().await;
+}
