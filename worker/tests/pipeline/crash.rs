@@ -132,3 +132,105 @@ async fn four_workers_drain_2000_tickets_of_20_companies_fairly_with_no_action_d
     );
     system.assert_invariants().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_api_killed_twenty_times_under_load_leaves_every_acknowledged_ticket_whole_and_no_orphans(
+    pool: PgPool,
+) {
+    use std::sync::{Arc, Mutex};
+    let mut system = System::start(pool, 0, &[]).await;
+    let token = system.register("Acme").await;
+    let fw = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw"}))
+        .await;
+    let siem = system
+        .create_integration(&token, json!({"provider": "SPLUNK", "name": "siem"}))
+        .await;
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (client, url, token, fw, siem) = (
+            system.client.clone(),
+            system.url("/api/tickets"),
+            token.clone(),
+            fw.clone(),
+            siem.clone(),
+        );
+        let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = json!({"subject": format!("c{c}-{i}"), "actions": [
+                    {"integration_id": fw, "action": "block_ip", "params": {"ip": "198.51.100.7"}},
+                    {"integration_id": siem, "action": "send_event", "params": {"event": {"n": i}}},
+                ]});
+                // Connection errors while the api is down are expected; only 201s count.
+                if let Ok(r) = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    && r.status() == 201
+                    && let Ok(v) = r.json::<serde_json::Value>().await
+                {
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(v["id"].as_str().unwrap().to_owned());
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        system.kill_api();
+        system.start_api().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let q = |sql: &'static str| {
+        let pool = system.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let tickets = q("SELECT count(*) FROM tickets").await;
+    println!(
+        "figure: 20 api kills under load: {} tickets acknowledged, {tickets} in the database",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() > 20, "the load kept going between kills");
+    for id in &acknowledged {
+        let (actions, first_job): (i64, Option<String>) = sqlx::query_as(
+            "SELECT count(*), max(a.job_id) FILTER (WHERE a.position = 0) FROM ticket_actions a WHERE a.ticket_id = $1::uuid",
+        )
+        .bind(id)
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+        assert_eq!(actions, 2, "acknowledged ticket {id} has both actions");
+        let job_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM apalis.jobs WHERE id = $1)")
+                .bind(first_job.clone().unwrap_or_default())
+                .fetch_one(&system.pool)
+                .await
+                .unwrap();
+        assert!(job_exists, "acknowledged ticket {id} has its queue job");
+    }
+    // Nothing half-written: every ticket (acknowledged or cut off before the answer) is whole.
+    assert_eq!(q("SELECT count(*) FROM tickets t WHERE (SELECT count(*) FROM ticket_actions a WHERE a.ticket_id = t.id) <> 2").await, 0);
+    assert_eq!(q("SELECT count(*) FROM ticket_actions a WHERE a.position = 0 AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.id = a.job_id)").await, 0);
+    assert_eq!(q("SELECT count(*) FROM apalis.jobs j WHERE NOT EXISTS (SELECT 1 FROM ticket_actions a WHERE a.job_id = j.id)").await, 0, "no job without its action");
+    assert_eq!(q("SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM audit_logs l WHERE l.entity_id = t.id AND l.action = 'ticket.created')").await, 0);
+}

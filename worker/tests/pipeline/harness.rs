@@ -203,7 +203,8 @@ impl System {
         logs
     }
 
-    async fn start_api(&mut self) {
+    /// (Re)starts the api and waits until it is ready.
+    pub async fn start_api(&mut self) {
         let child = self.command("api").spawn().unwrap();
         self.api = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -281,6 +282,14 @@ impl System {
     }
 
     /// `kill -9` of worker `i`.
+    /// `kill -9` of the api.
+    pub fn kill_api(&mut self) {
+        if let Some(api) = &mut self.api {
+            let _ = api.kill();
+            let _ = api.wait();
+        }
+    }
+
     pub fn kill_worker(&mut self, i: usize) {
         let _ = self.workers[i].kill();
         let _ = self.workers[i].wait();
