@@ -234,3 +234,81 @@ async fn the_api_killed_twenty_times_under_load_leaves_every_acknowledged_ticket
     assert_eq!(q("SELECT count(*) FROM apalis.jobs j WHERE NOT EXISTS (SELECT 1 FROM ticket_actions a WHERE a.job_id = j.id)").await, 0, "no job without its action");
     assert_eq!(q("SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM audit_logs l WHERE l.entity_id = t.id AND l.action = 'ticket.created')").await, 0);
 }
+
+/// The long variant of the kill test (not in the default run):
+/// `scripts/reliability-long.sh`. Sizes come from TXDX_LONG_TICKETS (10,000)
+/// and TXDX_LONG_COMPANIES (50).
+#[sqlx::test(migrations = false)]
+#[ignore = "long: run with scripts/reliability-long.sh"]
+async fn long_random_worker_kills_over_a_large_backlog_lose_nothing(pool: PgPool) {
+    let tickets: usize = std::env::var("TXDX_LONG_TICKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let companies: usize = std::env::var("TXDX_LONG_COMPANIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut system = System::start(pool, 4, &[("WORKER_CONCURRENCY", "8")]).await;
+    let mut tokens = Vec::new();
+    let mut integrations = Vec::new();
+    for c in 0..companies {
+        let token = system.register(&format!("Long{c:03}")).await;
+        integrations.push(system.create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 20}})).await);
+        tokens.push(token);
+    }
+    let started = Instant::now();
+    let system_ref = &system;
+    use futures::StreamExt;
+    futures::stream::iter((0..tickets).map(|i| {
+        let c = i % companies;
+        let (token, integration) = (tokens[c].clone(), integrations[c].clone());
+        async move {
+            system_ref
+                .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": "198.51.100.1"}}]}))
+                .await;
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>()
+    .await;
+    let created = started.elapsed();
+    // Kill a random worker every 3 s until the backlog is gone, restarting it at once.
+    let mut kills = 0;
+    let drain_started = Instant::now();
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tickets WHERE status = 'PENDING'")
+                .fetch_one(&system.pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            drain_started.elapsed() < Duration::from_secs(1800),
+            "{pending} still pending"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let victim = (drain_started.elapsed().as_millis() as usize) % system.workers.len();
+        system.kill_worker(victim);
+        let _ = system.start_worker();
+        kills += 1;
+    }
+    let drained = drain_started.elapsed();
+    let executed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tickets WHERE status = 'EXECUTED'")
+            .fetch_one(&system.pool)
+            .await
+            .unwrap();
+    let reruns: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(attempts - 1), 0)::bigint FROM ticket_actions")
+            .fetch_one(&system.pool)
+            .await
+            .unwrap();
+    println!(
+        "figure: {tickets} tickets of {companies} companies created in {created:?}; drained in {drained:?} with {kills} worker kills; executed {executed}; re-run attempts {reruns}"
+    );
+    assert_eq!(executed as usize, tickets, "lost = 0");
+    system.assert_invariants().await;
+}
