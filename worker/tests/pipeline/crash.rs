@@ -249,12 +249,13 @@ async fn long_random_worker_kills_over_a_large_backlog_lose_nothing(pool: PgPool
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let mut system = System::start(pool, 4, &[("WORKER_CONCURRENCY", "8")]).await;
+    // Queued first, then drained by 4 workers while they are being killed.
+    let mut system = System::start(pool, 0, &[("WORKER_CONCURRENCY", "8")]).await;
     let mut tokens = Vec::new();
     let mut integrations = Vec::new();
     for c in 0..companies {
         let token = system.register(&format!("Long{c:03}")).await;
-        integrations.push(system.create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 20}})).await);
+        integrations.push(system.create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 200}})).await);
         tokens.push(token);
     }
     let started = Instant::now();
@@ -273,6 +274,9 @@ async fn long_random_worker_kills_over_a_large_backlog_lose_nothing(pool: PgPool
     .collect::<Vec<()>>()
     .await;
     let created = started.elapsed();
+    for _ in 0..4 {
+        system.start_worker();
+    }
     // Kill a random worker every 3 s until the backlog is gone, restarting it at once.
     let mut kills = 0;
     let drain_started = Instant::now();
