@@ -1,5 +1,5 @@
-//! Authentication extractors: [`AuthUser`] (any company user with a valid
-//! access token) and [`AdminUser`] (an ADMIN).
+//! Authentication extractors: [`AuthUser`](crate::auth::AuthUser) (any company user with a valid
+//! access token) and [`AdminUser`](crate::auth::AdminUser) (an ADMIN).
 //!
 //! A token is accepted only if it verifies (see `shared::auth::token`) and
 //! its user still exists with the same role and token version; a deleted

@@ -1,7 +1,7 @@
 //! The database: pool, migrations, tenant transactions, and (in the child
 //! modules) every SQL statement of the product.
 //!
-//! Tenant data is read and written only inside [`begin_tenant`]
+//! Tenant data is read and written only inside [`begin_tenant`](crate::db::begin_tenant)
 //! transactions, which switch to the `txdx_app` role (not superuser, not
 //! owner, not BYPASSRLS) and set `app.company_id`, so Postgres row-level
 //! security confines every statement to one company even when a `WHERE`

@@ -3,7 +3,7 @@
 //! user's token version, bumped on password or role change).
 //!
 //! Validation accepts only HS256, requires every claim, checks issuer and
-//! audience, and allows an explicit clock leeway of [`LEEWAY_SECS`].
+//! audience, and allows an explicit clock leeway of [`LEEWAY_SECS`](crate::auth::token::LEEWAY_SECS).
 
 use std::time::Duration;
 
