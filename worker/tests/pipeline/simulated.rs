@@ -226,3 +226,42 @@ async fn create_operator_reads_the_password_from_stdin_and_the_operator_gets_int
         .unwrap();
     assert_eq!(operators, 1);
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_worker_exits_with_one_line_when_the_schema_is_missing_or_the_database_is_unreachable(
+    pool: PgPool,
+) {
+    let mut system = System::start(pool, 0, &[]).await;
+    // A database without our schema.
+    sqlx::query("DROP TABLE txdx_migrations")
+        .execute(&system.pool)
+        .await
+        .unwrap();
+    let output = system
+        .command("worker")
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("schema is missing or outdated: run `api migrate` first"),
+        "{stderr}"
+    );
+    // A database that does not answer.
+    let closed = crate::harness::free_port();
+    let output = system
+        .command("worker")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{closed}/txdx"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("the database is unreachable"), "{stderr}");
+}
