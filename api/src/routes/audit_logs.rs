@@ -83,6 +83,8 @@ pub struct AuditQuery {
     /// Before (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "crate::pagination::limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -103,7 +105,7 @@ async fn list_audit_logs(
     AdminUser(admin): AdminUser,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditLogPage>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.limit.unwrap_or(crate::pagination::DEFAULT_LIMIT);
     let filter = AuditFilter {
         entity_type: q.entity_type,
         entity_id: q.entity_id,

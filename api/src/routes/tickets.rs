@@ -84,7 +84,7 @@ pub struct CreateTicketRequest {
     #[serde(default)]
     pub description: String,
     /// Provider actions, run in order; none makes a manual ticket that stays PENDING.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::objects")]
     pub actions: Vec<NewActionRequest>,
 }
 
@@ -229,6 +229,8 @@ pub struct TicketQuery {
     /// Created before (RFC 3339).
     pub created_before: Option<DateTime<Utc>>,
     /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "crate::pagination::limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -273,7 +275,7 @@ async fn list_tickets(
     user: AuthUser,
     Query(q): Query<TicketQuery>,
 ) -> Result<Json<TicketPage>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.limit.unwrap_or(crate::pagination::DEFAULT_LIMIT);
     let filter = TicketFilter {
         status: q.status,
         created_after: q.created_after,
