@@ -137,6 +137,9 @@ seed_args=()
 say "running schemathesis $SCHEMATHESIS_VERSION ($EXAMPLES examples per operation and phase)"
 rm -rf "$WORK/report"
 status=0
+# Run from $WORK: Schemathesis keeps a `.schemathesis/` cache in its working
+# directory, which belongs nowhere near the repository.
+cd "$WORK"
 TXDX_FUZZ_USER_ID="$user_id" PYTHONPATH="$ROOT/scripts" SCHEMATHESIS_HOOKS=schemathesis_hooks \
 "$VENV/bin/st" run "$ROOT/openapi/openapi.yaml" \
     --url "$API_URL" \

@@ -38,6 +38,49 @@ pub enum JsonBodyError {
     Malformed(serde_json::Error),
     /// Well-formed JSON that does not fit the request type, with the path of the field.
     Mismatch(serde_path_to_error::Error<serde_json::Error>),
+    /// A string (or key) holding U+0000, which Postgres cannot store in
+    /// `text` or `jsonb`: refused up front rather than failing the insert.
+    NulCharacter {
+        /// The path of the string, as in [`JsonBodyError::Mismatch`] (`body` at the top).
+        field: String,
+    },
+}
+
+/// The path (`actions[0].params.note`) of the first string or object key
+/// holding U+0000, if any; `path` is the path of `value`, empty at the top.
+fn nul_character_at(value: &serde_json::Value, path: &mut String) -> Option<String> {
+    use serde_json::Value;
+    let here = |path: &str| {
+        if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path.to_owned()
+        }
+    };
+    match value {
+        Value::String(text) => text.contains('\0').then(|| here(path)),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = nul_character_at(item, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                return Some(here(path));
+            }
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(key);
+            let found = nul_character_at(item, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
 }
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {
@@ -73,8 +116,11 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(JsonBodyError::Unreadable)?;
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-            .map_err(JsonBodyError::Malformed)?;
+        let document =
+            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(JsonBodyError::Malformed)?;
+        if let Some(field) = nul_character_at(&document, &mut String::new()) {
+            return Err(JsonBodyError::NulCharacter { field }.into());
+        }
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let ObjectsOnly(value) =
             serde_path_to_error::deserialize(&mut deserializer).map_err(JsonBodyError::Mismatch)?;

@@ -21,6 +21,7 @@ use utoipa::{
     modifiers(&BearerAuth),
     components(schemas(
         crate::error::Problem,
+        crate::routes::audit_logs::AuditEntityType,
         shared::providers::SplunkRunSearch,
         shared::providers::SplunkSendEvent,
         shared::providers::PaloAltoIpTag,

@@ -67,13 +67,43 @@ pub struct AuditLogPage {
     pub next_cursor: Option<String>,
 }
 
+/// The kinds of entity audit rows are about: the allowlist of the
+/// `entity_type` filter (anything else is a 400, never a query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEntityType {
+    /// A company.
+    Company,
+    /// A user.
+    User,
+    /// An integration.
+    Integration,
+    /// A ticket.
+    Ticket,
+    /// One action of a ticket.
+    TicketAction,
+}
+
+impl AuditEntityType {
+    /// The value stored in `audit_logs.entity_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Company => "company",
+            Self::User => "user",
+            Self::Integration => "integration",
+            Self::Ticket => "ticket",
+            Self::TicketAction => "ticket_action",
+        }
+    }
+}
+
 /// Filters of the audit list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this entity type.
-    pub entity_type: Option<String>,
+    pub entity_type: Option<AuditEntityType>,
     /// Only this entity.
     pub entity_id: Option<Uuid>,
     /// Only this actor.
@@ -107,7 +137,7 @@ async fn list_audit_logs(
 ) -> Result<Json<AuditLogPage>, ApiError> {
     let limit = q.limit.unwrap_or(crate::pagination::DEFAULT_LIMIT);
     let filter = AuditFilter {
-        entity_type: q.entity_type,
+        entity_type: q.entity_type.map(|t| t.as_str().to_owned()),
         entity_id: q.entity_id,
         actor_user_id: q.actor_user_id,
         since: q.since,
