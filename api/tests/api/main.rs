@@ -14,6 +14,8 @@ mod companies;
 mod cors;
 mod health;
 mod integrations;
+mod limits;
+mod login_abuse;
 mod openapi_drift;
 mod tenant_isolation;
 mod test_app;
