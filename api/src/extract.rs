@@ -116,8 +116,8 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(JsonBodyError::Unreadable)?;
-        let document =
-            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(JsonBodyError::Malformed)?;
+        let document = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(JsonBodyError::Malformed)?;
         if let Some(field) = nul_character_at(&document, &mut String::new()) {
             return Err(JsonBodyError::NulCharacter { field }.into());
         }

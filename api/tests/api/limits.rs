@@ -102,9 +102,7 @@ async fn deeply_nested_json_in_any_body_is_a_400_and_the_server_keeps_answering(
 }
 
 #[sqlx::test(migrations = false)]
-async fn json_nested_as_deep_as_the_parser_allows_is_stored_and_read_back_not_a_500(
-    pool: PgPool,
-) {
+async fn json_nested_as_deep_as_the_parser_allows_is_stored_and_read_back_not_a_500(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let admin = app.register_company("Acme").await;
     let integration = app.create_integration(&admin, "SPLUNK", "siem").await;
@@ -153,9 +151,8 @@ async fn huge_arrays_and_objects_under_the_body_limit_are_refused_with_a_422(poo
     let integration = app.create_integration(&admin, "PALO_ALTO", "fw").await;
     let action = json!({"integration_id": integration, "action": "block_ip", "params": {"ip": "203.0.113.7"}});
     let many_actions = json!({"subject": "x", "actions": vec![action; 2_000]});
-    let wide_params: serde_json::Map<String, Value> = (0..10_000)
-        .map(|i| (format!("k{i}"), json!(i)))
-        .collect();
+    let wide_params: serde_json::Map<String, Value> =
+        (0..10_000).map(|i| (format!("k{i}"), json!(i))).collect();
     let wide = json!({"subject": "x", "actions": [
         {"integration_id": integration, "action": "block_ip", "params": wide_params}
     ]});
@@ -170,7 +167,10 @@ async fn huge_arrays_and_objects_under_the_body_limit_are_refused_with_a_422(poo
         ("an array of 100,001 numbers", top_level_array, "body"),
         (
             "60,001 empty actions",
-            format!(r#"{{"subject":"x","actions":[{}{{}}]}}"#, "{},".repeat(60_000)),
+            format!(
+                r#"{{"subject":"x","actions":[{}{{}}]}}"#,
+                "{},".repeat(60_000)
+            ),
             "actions[0].integration_id",
         ),
     ];
@@ -198,11 +198,7 @@ async fn the_nul_character_in_any_string_of_a_body_is_a_422_naming_it_not_a_500(
     let admin = app.register_company("Acme").await;
     let integration = app.create_integration(&admin, "SPLUNK", "siem").await;
     let cases = [
-        (
-            "/api/tickets",
-            json!({"subject": "a\u{0}b"}),
-            "subject",
-        ),
+        ("/api/tickets", json!({"subject": "a\u{0}b"}), "subject"),
         (
             "/api/tickets",
             json!({"subject": "x", "actions": [{"integration_id": integration, "action": "send_event", "params": {"event": {"k": ["ok", "\u{0}"]}}}]}),
@@ -236,9 +232,7 @@ async fn the_nul_character_in_any_string_of_a_body_is_a_422_naming_it_not_a_500(
     ];
     let before = app.snapshot().await;
     for (path, body, field) in cases {
-        let response = app
-            .post_json(path, Some(&admin.access_token), &body)
-            .await;
+        let response = app.post_json(path, Some(&admin.access_token), &body).await;
         let problem = assert_problem(response, 422).await;
         assert_eq!(problem["field"], field, "{path} {body}: {problem}");
         assert!(

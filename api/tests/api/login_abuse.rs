@@ -106,9 +106,7 @@ async fn an_unknown_username_is_throttled_exactly_like_a_real_one(pool: PgPool) 
 }
 
 #[sqlx::test(migrations = false)]
-async fn fifty_failures_from_one_address_across_many_usernames_throttle_that_address(
-    pool: PgPool,
-) {
+async fn fifty_failures_from_one_address_across_many_usernames_throttle_that_address(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let admin = app.register_company("Acme").await;
     app.create_user(&admin, "operator", "USER").await;

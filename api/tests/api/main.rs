@@ -17,6 +17,7 @@ mod integrations;
 mod limits;
 mod login_abuse;
 mod openapi_drift;
+mod parsers;
 mod tenant_isolation;
 mod test_app;
 mod tickets;
