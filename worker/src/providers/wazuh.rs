@@ -229,14 +229,14 @@ async fn list_agents(
         .ok_or_else(|| api.malformed("agents", "it has no `data`"))?;
     if envelope.error != 0 && data.affected_items.is_empty() {
         return Err(ProviderError::Permanent {
-            message: api.scrub(&http::bounded(&format!(
+            message: api.quote(&format!(
                 "Wazuh: listing agents failed: {}",
                 if data.failed_items.is_empty() {
                     envelope.message.unwrap_or_else(|| "no message".into())
                 } else {
                     describe_failures(&data.failed_items)
                 }
-            ))),
+            )),
         });
     }
     Ok(json!({
@@ -296,20 +296,20 @@ async fn run_active_response(
     };
     if envelope.error == 2 || data.affected_items.is_empty() {
         return Err(ProviderError::Permanent {
-            message: api.scrub(&http::bounded(&format!(
+            message: api.quote(&format!(
                 "Wazuh: active response `{}` reached no agent: {failures}",
                 p.command
-            ))),
+            )),
         });
     }
     // Some agents ran it, some did not: retrying would run it twice on the
     // first ones, so a human follows up on the rest.
     Err(ProviderError::NeedsHuman {
-        reason: api.scrub(&format!(
+        reason: format!(
             "partial success: active response `{}` ran on {}; failed on {}",
             p.command,
-            item_names(&data.affected_items),
-            http::bounded(&failures)
-        )),
+            api.quote(&item_names(&data.affected_items)),
+            api.quote(&failures)
+        ),
     })
 }
