@@ -14,11 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use shared::providers::{IntegrationSettings, WazuhActiveResponse, WazuhListAgents};
 
-use super::{
-    ActionCall, Credentials, ProviderError, Providers,
-    http::{self, Api},
-    params, unknown_action,
-};
+use super::{ActionCall, Credentials, ProviderError, Providers, http::Api, params, unknown_action};
 
 const NAME: &str = "Wazuh";
 /// Renew a cached JWT after this long (the manager's default lifetime is
