@@ -1,6 +1,7 @@
 //! The page parameters of the list endpoints: `limit` (1 to
-//! [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]) and `offset` (0 to
-//! [`MAX_OFFSET`], the documented int32 range).
+//! [`MAX_LIMIT`](crate::pagination::MAX_LIMIT), default
+//! [`DEFAULT_LIMIT`](crate::pagination::DEFAULT_LIMIT)) and `offset` (0 to
+//! [`MAX_OFFSET`](crate::pagination::MAX_OFFSET), the documented int32 range).
 //!
 //! A value outside its range is refused with 400 naming the parameter rather
 //! than silently clamped: what the OpenAPI document says is invalid, the API
