@@ -14,7 +14,7 @@
 # log, the reports) live in ${TXDX_SCHEMATHESIS_DIR:-/tmp/txdx-schemathesis}.
 #
 # Knobs: TXDX_SCHEMATHESIS_EXAMPLES (per operation and phase, default 100),
-# TXDX_SCHEMATHESIS_SEED (default fixed, so CI runs are reproducible; set
+# TXDX_SCHEMATHESIS_SEED (default fixed, so CI runs draw the same inputs;
 # `random` for a new seed each run).
 set -euo pipefail
 
