@@ -1,5 +1,9 @@
 //! Extractors whose rejections are [`ApiError`]s, so malformed JSON, unknown
-//! fields, wrong types and bad path parameters answer with a problem document.
+//! fields, wrong types and bad path parameters answer with a problem document;
+//! and the rules every JSON body is read by (structs from objects only, no
+//! U+0000 anywhere).
+
+use std::{fmt, marker::PhantomData};
 
 use axum::{
     body::Bytes,
@@ -7,8 +11,6 @@ use axum::{
     http::{HeaderMap, header},
     response::{IntoResponse, Response},
 };
-use std::{fmt, marker::PhantomData};
-
 use serde::{
     Deserialize, Deserializer, Serialize,
     de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor},
@@ -24,6 +26,10 @@ use crate::error::ApiError;
 /// fault kept. (serde_json reports some type mismatches, a number where an
 /// enum's string belongs, as syntax errors; and a syntax error after an unknown
 /// key would be reported as the unknown key.)
+///
+/// Two things well-formed JSON may not do either, each a 422 naming the
+/// field: hold U+0000 in a string or key (Postgres stores it in neither
+/// `text` nor `jsonb`), or give an array where a struct's object belongs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
