@@ -194,9 +194,13 @@ async fn require_operator(State(state): State<AppState>, request: Request, next:
     };
     if !ok {
         tracing::warn!("failed operator login for {username}");
-        if let Err(e) =
-            shared::db::login_failures::record_login_failure(&state.pool, &throttle_key, &client_ip)
-                .await
+        if let Err(e) = shared::db::login_failures::record_login_failure(
+            &state.pool,
+            &throttle_key,
+            &client_ip,
+            None,
+        )
+        .await
         {
             return ApiError::from(e).into_response();
         }

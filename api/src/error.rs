@@ -182,6 +182,10 @@ impl From<crate::extract::JsonBodyError> for ApiError {
                 Self::BadRequest(format!("cannot read the request body: {}", e.body_text()))
             }
             JsonBodyError::Malformed(e) => Self::BadRequest(format!("malformed JSON: {e}")),
+            JsonBodyError::NulCharacter { field } => Self::Unprocessable {
+                field,
+                message: "must not contain the NUL character (U+0000)".into(),
+            },
             JsonBodyError::Mismatch(e) => {
                 let (field, message) = mismatch_field(&e);
                 Self::Unprocessable { field, message }

@@ -29,6 +29,8 @@ pub mod error;
 pub mod extract;
 /// The OpenAPI document.
 pub mod openapi;
+/// Page parameters of the list endpoints.
+pub mod pagination;
 /// Handlers, one module per resource.
 pub mod routes;
 /// Handler state.
@@ -46,9 +48,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The documented router (no state yet) and its OpenAPI document.
 pub fn router_with_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::api_routes())
-        .split_for_parts()
+        .split_for_parts();
+    openapi::document_common_responses(&mut api);
+    (router, api)
 }
 
 /// The whole application: documented routes, Swagger UI at `/api/docs`, the

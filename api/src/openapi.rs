@@ -3,7 +3,11 @@
 
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        ContentBuilder, Ref, RefOr, ResponseBuilder,
+        path::Operation,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 
 /// Top-level document; paths are added by the router.
@@ -17,6 +21,7 @@ use utoipa::{
     modifiers(&BearerAuth),
     components(schemas(
         crate::error::Problem,
+        crate::routes::audit_logs::AuditEntityType,
         shared::providers::SplunkRunSearch,
         shared::providers::SplunkSendEvent,
         shared::providers::PaloAltoIpTag,
@@ -52,6 +57,57 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Adds the answers every operation of a kind can give, whatever its
+/// handler, so no handler can forget them: a JSON body is read by the
+/// [`Json`](crate::extract::Json) extractor (400 malformed, 413 too large,
+/// 415 not JSON), and every `/api/` operation reaches the database (503
+/// while it is unavailable). Entries a handler documents itself are kept.
+pub fn document_common_responses(api: &mut utoipa::openapi::OpenApi) {
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in &mut api.paths.paths {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let Operation {
+                request_body,
+                responses,
+                ..
+            } = operation;
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(description));
+            };
+            if request_body.is_some() {
+                add("400", "Malformed JSON");
+                add("413", "Body larger than the limit (256 KiB)");
+                add("415", "Body not sent as `Content-Type: application/json`");
+            }
+            if path.starts_with("/api/") {
+                add("503", "Database unavailable; retry shortly");
+            }
+        }
     }
 }
 

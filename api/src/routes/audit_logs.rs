@@ -67,13 +67,43 @@ pub struct AuditLogPage {
     pub next_cursor: Option<String>,
 }
 
+/// The kinds of entity audit rows are about: the allowlist of the
+/// `entity_type` filter (anything else is a 400, never a query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEntityType {
+    /// A company.
+    Company,
+    /// A user.
+    User,
+    /// An integration.
+    Integration,
+    /// A ticket.
+    Ticket,
+    /// One action of a ticket.
+    TicketAction,
+}
+
+impl AuditEntityType {
+    /// The value stored in `audit_logs.entity_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Company => "company",
+            Self::User => "user",
+            Self::Integration => "integration",
+            Self::Ticket => "ticket",
+            Self::TicketAction => "ticket_action",
+        }
+    }
+}
+
 /// Filters of the audit list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this entity type.
-    pub entity_type: Option<String>,
+    pub entity_type: Option<AuditEntityType>,
     /// Only this entity.
     pub entity_id: Option<Uuid>,
     /// Only this actor.
@@ -83,6 +113,8 @@ pub struct AuditQuery {
     /// Before (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "crate::pagination::limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -103,9 +135,9 @@ async fn list_audit_logs(
     AdminUser(admin): AdminUser,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditLogPage>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.limit.unwrap_or(crate::pagination::DEFAULT_LIMIT);
     let filter = AuditFilter {
-        entity_type: q.entity_type,
+        entity_type: q.entity_type.map(|t| t.as_str().to_owned()),
         entity_id: q.entity_id,
         actor_user_id: q.actor_user_id,
         since: q.since,

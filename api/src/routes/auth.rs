@@ -279,23 +279,18 @@ async fn login(
     let user = match (found, matches) {
         (Some((user, _)), true) => user,
         (found, _) => {
-            db::login_failures::record_login_failure(&state.pool, &username, &client_ip).await?;
-            if let Some((user, _)) = found {
-                let mut tx = db::begin_tenant(&state.pool, user.company_id).await?;
-                db::audit::insert_audit_event(
-                    &mut tx,
-                    NewAuditEvent {
-                        company_id: user.company_id,
-                        actor_user_id: Some(user.id),
-                        action: "auth.login_failed",
-                        entity_type: "user",
-                        entity_id: Some(user.id),
-                        payload: json!({"client_ip": client_ip}),
-                    },
-                )
+            // One commit either way, so a wrong password and an unknown
+            // username take the same time.
+            let audit = found.map(|(user, _)| NewAuditEvent {
+                company_id: user.company_id,
+                actor_user_id: Some(user.id),
+                action: "auth.login_failed",
+                entity_type: "user",
+                entity_id: Some(user.id),
+                payload: json!({"client_ip": client_ip}),
+            });
+            db::login_failures::record_login_failure(&state.pool, &username, &client_ip, audit)
                 .await?;
-                tx.commit().await.map_err(db::DbError::from)?;
-            }
             return Err(ApiError::Unauthorized(
                 "invalid username or password".into(),
             ));

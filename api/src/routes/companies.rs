@@ -8,14 +8,14 @@ use shared::{
     db::{self, audit::NewAuditEvent},
     domain::Company,
 };
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
     auth::AuthUser,
     error::ApiError,
-    extract::{Json, Path},
+    extract::{Json, Path, Query},
     state::AppState,
 };
 
@@ -57,16 +57,26 @@ pub struct UpdateCompanyRequest {
     pub name: String,
 }
 
+/// The company list's query: it takes no parameter, and refuses any (400)
+/// rather than ignoring it, like every other list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CompanyQuery {}
+
 /// The caller's company (a list of one: a user belongs to one company).
 #[utoipa::path(get, path = "/api/companies", tag = "companies", operation_id = "list_companies",
     security(("bearer" = [])),
+    params(CompanyQuery),
     responses(
         (status = 200, description = "The caller's company", body = [CompanyResponse]),
+        (status = 400, description = "A query parameter (the list takes none)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn list_companies(
     State(state): State<AppState>,
     user: AuthUser,
+    Query(CompanyQuery {}): Query<CompanyQuery>,
 ) -> Result<Json<Vec<CompanyResponse>>, ApiError> {
     let mut tx = db::begin_tenant(&state.pool, user.company_id).await?;
     let company = db::companies::find_company(&mut tx, user.company_id).await?;

@@ -162,8 +162,12 @@ pub struct IntegrationQuery {
     /// Only this provider.
     pub provider: Option<Provider>,
     /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "crate::pagination::limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// Rows to skip.
+    #[serde(default, deserialize_with = "crate::pagination::offset")]
+    #[param(maximum = 2147483647)]
     pub offset: Option<u32>,
 }
 
@@ -209,7 +213,7 @@ async fn list_integrations(
     user: AuthUser,
     Query(q): Query<IntegrationQuery>,
 ) -> Result<Json<IntegrationPage>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.limit.unwrap_or(crate::pagination::DEFAULT_LIMIT);
     let offset = q.offset.unwrap_or(0);
     let mut tx = db::begin_tenant(&state.pool, user.company_id).await?;
     let mut rows = db::integrations::list_integrations(
@@ -221,7 +225,7 @@ async fn list_integrations(
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
-    let next_offset = (rows.len() > limit as usize).then(|| offset + limit);
+    let next_offset = (rows.len() > limit as usize).then(|| offset.saturating_add(limit));
     rows.truncate(limit as usize);
     Ok(Json(IntegrationPage {
         items: rows.into_iter().map(Into::into).collect(),

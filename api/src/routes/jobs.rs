@@ -140,10 +140,18 @@ pub struct JobQuery {
     /// Only this ticket's jobs.
     pub ticket_id: Option<Uuid>,
     /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "crate::pagination::limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
+
+/// The statistics take no parameters; any query parameter is refused.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {}
 
 /// Why a job is cancelled.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -184,7 +192,7 @@ async fn list_jobs(
     AdminUser(admin): AdminUser,
     Query(q): Query<JobQuery>,
 ) -> Result<Json<JobPage>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.limit.unwrap_or(crate::pagination::DEFAULT_LIMIT);
     let filter = JobFilter {
         status: q.status,
         provider: q.provider,
@@ -371,14 +379,17 @@ async fn cancel_job(
 /// and failure rate over the last 5 and 60 minutes (ADMIN, own company).
 #[utoipa::path(get, path = "/api/queue/stats", tag = "jobs", operation_id = "get_queue_stats",
     security(("bearer" = [])),
+    params(StatsQuery),
     responses(
         (status = 200, description = "Statistics", body = QueueStats),
+        (status = 400, description = "Unknown query parameter", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_queue_stats(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
+    Query(StatsQuery {}): Query<StatsQuery>,
 ) -> Result<Json<QueueStats>, ApiError> {
     let mut tx = db::begin_tenant(&state.pool, admin.company_id).await?;
     let counts = db::queue::queue_counts(&mut tx, admin.company_id).await?;

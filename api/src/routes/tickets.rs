@@ -84,7 +84,7 @@ pub struct CreateTicketRequest {
     #[serde(default)]
     pub description: String,
     /// Provider actions, run in order; none makes a manual ticket that stays PENDING.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::objects")]
     pub actions: Vec<NewActionRequest>,
 }
 
@@ -229,6 +229,8 @@ pub struct TicketQuery {
     /// Created before (RFC 3339).
     pub created_before: Option<DateTime<Utc>>,
     /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "crate::pagination::limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -273,7 +275,7 @@ async fn list_tickets(
     user: AuthUser,
     Query(q): Query<TicketQuery>,
 ) -> Result<Json<TicketPage>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.limit.unwrap_or(crate::pagination::DEFAULT_LIMIT);
     let filter = TicketFilter {
         status: q.status,
         created_after: q.created_after,
@@ -752,4 +754,66 @@ async fn stream_ticket_events(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_instant() -> impl Strategy<Value = DateTime<Utc>> {
+        // Year 1 to 9999, to the microsecond: what a cursor keeps.
+        (-62_135_596_800_000_000_i64..253_402_300_799_999_999).prop_map(|micros| {
+            Utc.timestamp_micros(micros)
+                .single()
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_cursor_this_api_issues_decodes_to_what_it_encoded(
+            at in any_instant(),
+            id in any::<u128>().prop_map(Uuid::from_u128),
+        ) {
+            let cursor = encode_cursor(at, id);
+            prop_assert_eq!(decode_cursor(&cursor).ok(), Some((at, id)));
+        }
+
+        #[test]
+        fn decoding_any_string_never_panics_and_refuses_what_it_cannot_read(text in ".{0,200}") {
+            if let Ok((at, id)) = decode_cursor(&text) {
+                // Only base64 of `<RFC 3339>|<uuid>` decodes.
+                let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(&text).unwrap()).unwrap();
+                let (stamp, uuid) = raw.split_once('|').unwrap();
+                prop_assert_eq!(DateTime::parse_from_rfc3339(stamp).unwrap(), at);
+                prop_assert_eq!(uuid.parse::<Uuid>().unwrap(), id);
+            }
+        }
+
+        #[test]
+        fn decoding_base64_of_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let _ = decode_cursor(&URL_SAFE_NO_PAD.encode(&bytes));
+        }
+
+        #[test]
+        fn decoding_near_miss_cursors_never_panics(
+            stamp in "[0-9T:.+Z-]{0,40}",
+            sep in "[|,]",
+            id in "[0-9a-fA-F-]{0,40}",
+        ) {
+            let cursor = URL_SAFE_NO_PAD.encode(format!("{stamp}{sep}{id}"));
+            match decode_cursor(&cursor) {
+                Ok((_, parsed)) => {
+                    prop_assert_eq!(sep, "|");
+                    prop_assert_eq!(Some(parsed), id.parse::<Uuid>().ok());
+                }
+                Err(e) => prop_assert!(e.to_string().starts_with("invalid cursor"), "{}", e),
+            }
+        }
+    }
 }

@@ -105,8 +105,12 @@ pub struct UpdateUserRequest {
 #[into_params(parameter_in = Query)]
 pub struct OffsetPage {
     /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "crate::pagination::limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// Rows to skip (default 0).
+    #[serde(default, deserialize_with = "crate::pagination::offset")]
+    #[param(maximum = 2147483647)]
     pub offset: Option<u32>,
 }
 
@@ -164,7 +168,7 @@ async fn list_users(
     user: AuthUser,
     Query(page): Query<OffsetPage>,
 ) -> Result<Json<UserPage>, ApiError> {
-    let limit = page.limit.unwrap_or(50).clamp(1, 200);
+    let limit = page.limit.unwrap_or(crate::pagination::DEFAULT_LIMIT);
     let offset = page.offset.unwrap_or(0);
     let mut tx = db::begin_tenant(&state.pool, user.company_id).await?;
     let mut users = db::users::list_users(
@@ -175,7 +179,7 @@ async fn list_users(
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
-    let next_offset = (users.len() > limit as usize).then(|| offset + limit);
+    let next_offset = (users.len() > limit as usize).then(|| offset.saturating_add(limit));
     users.truncate(limit as usize);
     Ok(Json(UserPage {
         items: users.into_iter().map(Into::into).collect(),

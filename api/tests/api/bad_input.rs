@@ -574,3 +574,55 @@ async fn query_parameters_of_the_wrong_type_and_bad_cursors_are_400(pool: PgPool
         assert_eq!(body["items"].as_array().unwrap().len(), 1, "{path}: {body}");
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_json_array_in_place_of_a_request_object_is_a_422_at_any_depth(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let f = fixture(&app).await;
+    let ticket = format!("/api/tickets/{}", f.ticket_id);
+    // serde's derived structs also read an array of their fields in order:
+    // each of these was accepted (200/201) before structs were read from
+    // objects only.
+    let cases = [
+        (Method::PUT, ticket.as_str(), json!([null, null]), "body"),
+        (
+            Method::PUT,
+            ticket.as_str(),
+            json!(["Renamed", "new description"]),
+            "body",
+        ),
+        (
+            Method::POST,
+            "/api/tickets",
+            json!({"subject": "x", "actions": [[f.integration_id, null, "block_ip", {"ip": "203.0.113.7"}]]}),
+            "actions[0]",
+        ),
+        (
+            Method::POST,
+            "/api/auth/login",
+            json!(["acme-admin", PASSWORD]),
+            "body",
+        ),
+    ];
+    let before = app.snapshot().await;
+    for (method, path, body, field) in cases {
+        let response = app
+            .send(
+                method.clone(),
+                path,
+                Some(&f.admin.access_token),
+                Some(&body),
+            )
+            .await;
+        let problem = assert_problem(response, 422).await;
+        assert_eq!(problem["field"], field, "{method} {path} {body}: {problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("invalid type: sequence"),
+            "{problem}"
+        );
+    }
+    assert_unchanged(&before, &app.snapshot().await, "after arrays for objects");
+}

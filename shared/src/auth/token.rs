@@ -355,4 +355,181 @@ mod tests {
             Err(TokenError::Invalid)
         );
     }
+
+    mod properties {
+        use proptest::{collection, prelude::*, sample::select};
+
+        use super::*;
+
+        /// A valid token of `codec`, and its claims.
+        fn issued(c: &TokenCodec, typ: TokenType) -> IssuedToken {
+            c.issue(typ, Uuid::from_u128(7), Uuid::from_u128(9), Role::Admin, 1)
+                .unwrap()
+        }
+
+        /// Edits of a token's text: a character replaced, a range removed,
+        /// text inserted, a segment swapped or duplicated.
+        #[derive(Debug, Clone)]
+        enum Edit {
+            Replace(prop::sample::Index, char),
+            Remove(prop::sample::Index, usize),
+            Insert(prop::sample::Index, String),
+            SwapSegments(usize, usize),
+            Truncate(prop::sample::Index),
+        }
+
+        fn any_edit() -> impl Strategy<Value = Edit> {
+            let token_char = prop_oneof![
+                select(vec![
+                    'A', 'a', 'z', '0', '-', '_', '.', '=', '+', '/', ' ', '\u{0}', 'é'
+                ]),
+                any::<char>(),
+            ];
+            prop_oneof![
+                (any::<prop::sample::Index>(), token_char).prop_map(|(i, c)| Edit::Replace(i, c)),
+                (any::<prop::sample::Index>(), 1usize..8).prop_map(|(i, n)| Edit::Remove(i, n)),
+                (any::<prop::sample::Index>(), "[A-Za-z0-9_.=-]{1,8}")
+                    .prop_map(|(i, s)| Edit::Insert(i, s)),
+                (0usize..3, 0usize..3).prop_map(|(a, b)| Edit::SwapSegments(a, b)),
+                any::<prop::sample::Index>().prop_map(Edit::Truncate),
+            ]
+        }
+
+        fn apply(token: &str, edit: &Edit) -> String {
+            let chars: Vec<char> = token.chars().collect();
+            if chars.is_empty() {
+                return token.to_owned();
+            }
+            match edit {
+                Edit::Replace(i, c) => {
+                    let mut chars = chars;
+                    let at = i.index(chars.len());
+                    chars[at] = *c;
+                    chars.into_iter().collect()
+                }
+                Edit::Remove(i, n) => {
+                    let at = i.index(chars.len());
+                    let end = (at + n).min(chars.len());
+                    chars[..at].iter().chain(&chars[end..]).collect()
+                }
+                Edit::Insert(i, s) => {
+                    let at = i.index(chars.len() + 1);
+                    let (head, tail) = chars.split_at(at);
+                    head.iter().collect::<String>() + s + &tail.iter().collect::<String>()
+                }
+                Edit::SwapSegments(a, b) => {
+                    let mut parts: Vec<&str> = token.split('.').collect();
+                    if parts.len() == 3 {
+                        let copy = parts[*a];
+                        parts[*b] = copy;
+                    }
+                    parts.join(".")
+                }
+                Edit::Truncate(i) => chars[..i.index(chars.len())].iter().collect(),
+            }
+        }
+
+        /// A claim value of any JSON type, with the edge numbers `exp`,
+        /// `nbf` and `iat` arithmetic could trip on.
+        fn any_claim() -> impl Strategy<Value = serde_json::Value> {
+            prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                select(vec![i64::MIN, -1, 0, 1, i64::MAX, 4_102_444_800])
+                    .prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(|f| serde_json::json!(f)),
+                ".{0,12}".prop_map(serde_json::Value::from),
+                select(vec![
+                    "access", "refresh", "ADMIN", "USER", "txdx", "txdx-api"
+                ])
+                .prop_map(serde_json::Value::from),
+                Just(serde_json::json!(Uuid::from_u128(7))),
+                Just(serde_json::json!(["txdx-api"])),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_string_is_refused_without_a_panic(token in ".{0,300}") {
+                let c = codec();
+                prop_assert!(c.verify(&token, TokenType::Access).is_err());
+                prop_assert!(c.verify(&token, TokenType::Refresh).is_err());
+            }
+
+            #[test]
+            fn three_base64_segments_of_any_bytes_are_refused(
+                parts in collection::vec(collection::vec(any::<u8>(), 0..80), 3),
+            ) {
+                let c = codec();
+                let token = parts.iter().map(|p| URL_SAFE_NO_PAD.encode(p)).collect::<Vec<_>>().join(".");
+                prop_assert!(c.verify(&token, TokenType::Access).is_err());
+            }
+
+            #[test]
+            fn an_edited_valid_token_never_verifies_as_other_claims(
+                edits in collection::vec(any_edit(), 1..4),
+                typ in prop_oneof![Just(TokenType::Access), Just(TokenType::Refresh)],
+            ) {
+                let c = codec();
+                let original = issued(&c, typ);
+                let mut token = original.token.clone();
+                for edit in &edits {
+                    token = apply(&token, edit);
+                }
+                // An edit may leave the token as it was (or change only
+                // bits base64 ignores): then, and only then, it verifies,
+                // and to the very same claims.
+                match c.verify(&token, typ) {
+                    Ok(claims) => prop_assert_eq!(claims, original.claims),
+                    Err(e) => prop_assert_eq!(e, TokenError::Invalid),
+                }
+            }
+
+            #[test]
+            fn correctly_signed_tokens_with_hostile_claims_verify_only_when_every_rule_holds(
+                overrides in collection::btree_map(
+                    select(vec!["sub", "company_id", "role", "typ", "jti", "iat", "nbf", "exp", "iss", "aud", "ver", "extra"]),
+                    any_claim(),
+                    0..5,
+                ),
+                removed in collection::btree_set(select(vec!["sub", "exp", "nbf", "iss", "aud", "typ"]), 0..2),
+                header in select(vec![
+                    r#"{"alg":"HS256","typ":"JWT"}"#,
+                    r#"{"alg":"HS256"}"#,
+                    r#"{"alg":"hs256","typ":"JWT"}"#,
+                    r#"{"alg":"none"}"#,
+                    r#"{"alg":"HS256","crit":["exp"]}"#,
+                    r#"{"alg":"HS256","kid":"../../etc/passwd"}"#,
+                    r#"{}"#,
+                    r#"[]"#,
+                ]),
+            ) {
+                let c = codec();
+                let mut claims = claims_json(&c, 600, 0);
+                for (name, value) in &overrides {
+                    claims[*name] = value.clone();
+                }
+                for name in &removed {
+                    claims.as_object_mut().unwrap().remove(*name);
+                }
+                let token = forge(&claims, header, "k".repeat(40).as_bytes());
+                if let Ok(verified) = c.verify(&token, TokenType::Access) {
+                    // Accepted: it must be a well-formed HS256 access token of
+                    // this issuer and audience, inside its time window.
+                    let now = Utc::now().timestamp();
+                    prop_assert!(header.contains(r#""alg":"HS256""#));
+                    prop_assert_eq!(verified.typ, TokenType::Access);
+                    prop_assert_eq!(&verified.iss, &c.issuer);
+                    prop_assert_eq!(&verified.aud, &c.audience);
+                    prop_assert!(verified.exp.saturating_add(LEEWAY_SECS as i64) >= now, "{:?}", verified);
+                    prop_assert!(verified.nbf.saturating_sub(LEEWAY_SECS as i64) <= now, "{:?}", verified);
+                    prop_assert_eq!(serde_json::to_value(&verified).unwrap()["sub"].clone(), claims["sub"].clone());
+                }
+            }
+        }
+    }
 }

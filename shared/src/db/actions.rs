@@ -244,6 +244,54 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The outcome with every U+0000 in its texts and result replaced by
+    /// U+FFFD. Postgres stores the NUL character neither in `text` nor in
+    /// `jsonb`, and a provider's answer (a result row, an error body) may
+    /// hold one: left in, the insert fails, the job is redelivered and the
+    /// provider called again, forever.
+    #[must_use]
+    pub fn storable(self) -> Self {
+        match self {
+            Self::Succeeded { result } => Self::Succeeded {
+                result: storable_json(result),
+            },
+            Self::Retry { error, retry_at } => Self::Retry {
+                error: storable_text(error),
+                retry_at,
+            },
+            Self::Failed { error } => Self::Failed {
+                error: storable_text(error),
+            },
+            Self::Derived { reason } => Self::Derived {
+                reason: storable_text(reason),
+            },
+        }
+    }
+}
+
+fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
+fn storable_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Value::String(storable_text(text)),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, item)| (storable_text(key), storable_json(item)))
+                .collect(),
+        ),
+        other @ (Value::Null | Value::Bool(_) | Value::Number(_)) => other,
+    }
+}
+
 /// What recording an outcome did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -276,7 +324,7 @@ pub async fn record_outcome(
     if owned.is_none() {
         return Ok(Recorded::Fenced);
     }
-    finish_action(conn, action, attempt, outcome)
+    finish_action(conn, action, attempt, outcome.storable())
         .await
         .map(Recorded::Written)
 }
@@ -436,4 +484,34 @@ pub async fn company_backlog(conn: &mut PgConnection, company_id: Uuid) -> Resul
     .bind(company_id)
     .fetch_one(conn)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_is_made_storable_by_replacing_every_nul_character() {
+        let result = json!({"rows": [{"host\u{0}": "a\u{0}b", "n": 1}], "ok": true});
+        let Outcome::Succeeded { result } = (Outcome::Succeeded { result }).storable() else {
+            panic!("the variant changed");
+        };
+        assert_eq!(
+            result,
+            json!({"rows": [{"host\u{FFFD}": "a\u{FFFD}b", "n": 1}], "ok": true})
+        );
+        assert_eq!(
+            Outcome::Failed {
+                error: "PAN-OS: \u{0}bad".into()
+            }
+            .storable(),
+            Outcome::Failed {
+                error: "PAN-OS: \u{FFFD}bad".into()
+            }
+        );
+        let clean = Outcome::Derived {
+            reason: "partial success".into(),
+        };
+        assert_eq!(clean.clone().storable(), clean);
+    }
 }

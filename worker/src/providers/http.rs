@@ -352,13 +352,16 @@ impl<'a> Api<'a> {
         })
     }
 
-    /// A permanent error for an answer we cannot use.
+    /// A permanent error for an answer we cannot use. The detail (which
+    /// may quote the answer: serde names the value it could not read) is
+    /// scrubbed and bounded like any provider text.
     pub fn malformed(&self, what: &str, detail: &str) -> ProviderError {
         ProviderError::Permanent {
-            message: self.scrub(&format!(
-                "{}: malformed answer to {what}: {detail}",
-                self.name
-            )),
+            message: format!(
+                "{}: malformed answer to {what}: {}",
+                self.name,
+                self.quote(detail)
+            ),
         }
     }
 
@@ -449,7 +452,7 @@ impl<'a> Api<'a> {
                     headers
                         .get(LOCATION)
                         .and_then(|l| l.to_str().ok())
-                        .map(|l| self.scrub(&bounded(l)))
+                        .map(|l| self.quote(l))
                         .unwrap_or_else(|| "nowhere".into())
                 ),
             },
@@ -475,7 +478,14 @@ impl<'a> Api<'a> {
             body.to_owned()
         };
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        (!text.is_empty()).then(|| self.scrub(&bounded(&text)))
+        (!text.is_empty()).then(|| self.quote(&text))
+    }
+
+    /// `text` as a message may quote it: every secret scrubbed, then cut to
+    /// the message bound (cutting first could leave a secret's head behind
+    /// the cut, where scrubbing no longer finds it).
+    pub fn quote(&self, text: &str) -> String {
+        bounded(&self.scrub(text))
     }
 
     /// `text` with every credential value and session token replaced.
@@ -815,5 +825,132 @@ mod tests {
             cache.client_for(&bad_ca),
             Err(ProviderError::Permanent { message }) if message.contains("ca_cert_pem")
         ));
+    }
+
+    mod properties {
+        use proptest::{collection, prelude::*, sample::select};
+
+        use super::*;
+
+        const SECRET: &str = "s3cr3t-key-0001";
+
+        /// Error bodies: text, JSON in the providers' error shapes, and
+        /// XML, with the credential sprinkled in.
+        fn any_error_body() -> impl Strategy<Value = String> {
+            let word = prop_oneof![
+                Just(SECRET.to_owned()),
+                ".{0,16}",
+                "[a-z]{280,299}",
+                "[a-z]{300,700}",
+                Just("\u{0}".to_owned()),
+            ];
+            let words = collection::vec(word, 0..4).prop_map(|w| w.join(" "));
+            prop_oneof![
+                ".{0,300}",
+                words.clone(),
+                (
+                    select(vec![
+                        "messages",
+                        "errors",
+                        "title",
+                        "detail",
+                        "message",
+                        "text",
+                        "error",
+                        "error_description",
+                        "data"
+                    ]),
+                    words.clone()
+                )
+                    .prop_map(|(key, text)| {
+                        if key == "messages" || key == "errors" {
+                            serde_json::json!({key: [{"text": text.clone()}, text]}).to_string()
+                        } else {
+                            serde_json::json!({key: text}).to_string()
+                        }
+                    }),
+                words.prop_map(|text| format!(
+                    "<response status=\"error\"><msg><line>{text}</line></msg></response>"
+                )),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_error_answer_is_classified_bounded_and_free_of_the_credential(
+                status in 300u16..600,
+                body in any_error_body(),
+                retry in prop_oneof![Just(None), ".{0,40}".prop_map(Some), "[0-9]{1,30}".prop_map(Some)],
+            ) {
+                let credentials = Credentials::from_json(&format!(r#"{{"api_key":"{SECRET}"}}"#)).unwrap();
+                let api = api(&credentials);
+                let mut headers = HeaderMap::new();
+                if let Some(value) = retry.and_then(|r| reqwest::header::HeaderValue::from_str(&r).ok()) {
+                    headers.insert(RETRY_AFTER, value);
+                }
+                let Ok(status) = StatusCode::from_u16(status) else {
+                    return Ok(());
+                };
+                let (message, transient) = match api.status_error(status, &headers, &body) {
+                    ProviderError::Transient { message, .. } => (message, true),
+                    ProviderError::Permanent { message } => (message, false),
+                    ProviderError::NeedsHuman { reason } => (reason, false),
+                };
+                // Not even the head of the credential, where a cut fell across it.
+                prop_assert!(!message.contains(&SECRET[..6]), "{}", message);
+                prop_assert!(message.chars().count() <= 2 * MAX_MESSAGE_CHARS, "{} chars", message.chars().count());
+                prop_assert_eq!(
+                    transient,
+                    matches!(status.as_u16(), 408 | 429 | 500..=599),
+                    "HTTP {}", status
+                );
+            }
+
+            #[test]
+            fn a_malformed_answer_message_is_bounded_and_free_of_the_credential(
+                body in any_error_body(),
+            ) {
+                let credentials = Credentials::from_json(&format!(r#"{{"api_key":"{SECRET}"}}"#)).unwrap();
+                let api = api(&credentials);
+                #[derive(Debug, serde::Deserialize)]
+                #[expect(dead_code, reason = "only the parse matters")]
+                struct Shape {
+                    data: Vec<u32>,
+                }
+                if let Err(ProviderError::Permanent { message }) = api.parse_json::<Shape>(&body, "the call") {
+                    prop_assert!(!message.contains(&SECRET[..6]), "{}", message);
+                    prop_assert!(message.chars().count() <= 2 * MAX_MESSAGE_CHARS, "{} chars: {}", message.chars().count(), message);
+                }
+            }
+
+            #[test]
+            fn a_credential_cut_by_the_message_bound_leaves_no_head_behind(
+                padding in 0usize..400,
+                wrapper in select(vec!["{}", r#"{{"message":"{}"}}"#, "<response><msg>{}</msg></response>"]),
+            ) {
+                let credentials = Credentials::from_json(&format!(r#"{{"api_key":"{SECRET}"}}"#)).unwrap();
+                let api = api(&credentials);
+                let text = format!("{} {SECRET} tail", "x".repeat(padding));
+                let body = wrapper.replace("{}", &text).replace("{{", "{").replace("}}", "}");
+                let message = api.status_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), &body).to_string();
+                prop_assert!(!message.contains(&SECRET[..6]), "{}", message);
+                let malformed = api.malformed("the call", &text).to_string();
+                prop_assert!(!malformed.contains(&SECRET[..6]), "{}", malformed);
+            }
+
+            #[test]
+            fn any_retry_after_value_is_read_without_a_panic(value in prop_oneof![".{0,40}", "[0-9]{1,40}", "-?[0-9]{0,20}\\.[0-9]{0,20}(e[0-9]{1,4})?"]) {
+                let mut headers = HeaderMap::new();
+                if let Ok(value) = reqwest::header::HeaderValue::from_str(&value) {
+                    headers.insert(RETRY_AFTER, value);
+                }
+                if let Some(delay) = retry_after(&headers) {
+                    // Seconds parse as given; fractions and dates are capped at a day.
+                    prop_assert!(value.trim().parse::<u64>().is_ok() || delay <= Duration::from_secs(86_400) || httpdate::parse_http_date(value.trim()).is_ok());
+                }
+            }
+        }
     }
 }

@@ -285,7 +285,7 @@ fn error(api: &Api<'_>, answer: &PanResponse) -> ProviderError {
     } else {
         answer.messages.join("; ")
     };
-    let text = api.scrub(&http::bounded(&text));
+    let text = api.quote(&text);
     let code = answer
         .code
         .map(|c| format!(" (code {c})"))
@@ -465,5 +465,91 @@ mod tests {
             "<uid-message><version>2.0</version><type>update</type><payload><register><entry ip=\"203.0.113.7\"><tag><member timeout=\"3600\">a&lt;b</member></tag></entry></register></payload></uid-message>"
         );
         assert!(!uid_message(&p, "t", false).contains("timeout"));
+    }
+
+    mod properties {
+        use proptest::{collection, prelude::*, sample::select};
+
+        use super::*;
+
+        /// XML-ish text: the tags, attributes and entities a `<response>`
+        /// uses, shuffled, unbalanced and cut anywhere.
+        fn any_xmlish() -> impl Strategy<Value = String> {
+            let token = prop_oneof![
+                select(vec![
+                    "<response status=\"success\">",
+                    "<response status=\"error\" code=\"403\">",
+                    "<response status='success' code='x'>",
+                    "<response>",
+                    "</response>",
+                    "<result>",
+                    "</result>",
+                    "<msg>",
+                    "</msg>",
+                    "<line>",
+                    "</line>",
+                    "<key>",
+                    "</key>",
+                    "<entry ip=\"10.0.0.1\" message=\"already exists, ignore\"/>",
+                    "<![CDATA[x<y]]>",
+                    "&amp;",
+                    "&#0;",
+                    "&#x110000;",
+                    "&unknown;",
+                    "<?xml version=\"1.0\"?>",
+                    "<!DOCTYPE r [<!ENTITY e \"boom\">]>",
+                    "<!-- c -->",
+                    "<a:b xmlns:a=\"u\">",
+                    "</a:b>",
+                    "<",
+                    ">",
+                    "/>",
+                    "\"",
+                ])
+                .prop_map(str::to_owned),
+                "[ -~]{0,12}",
+            ];
+            collection::vec(token, 0..24).prop_map(|tokens| tokens.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn parsing_any_text_never_panics_and_only_a_response_document_is_read(
+                body in prop_oneof![".{0,200}", any_xmlish()],
+            ) {
+                match parse(&body) {
+                    Ok(answer) => {
+                        prop_assert!(body.contains("response"), "{:?}", body);
+                        prop_assert!(answer.messages.iter().all(|m| !m.is_empty()));
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            #[test]
+            fn a_parsed_answer_is_classified_without_a_panic(body in any_xmlish()) {
+                if let Ok(answer) = parse(&body) {
+                    let credentials = Credentials::from_json(r#"{"api_key":"k-0001"}"#).unwrap();
+                    let api = Api::new(
+                        NAME,
+                        reqwest::Client::new(),
+                        "https://pan.example/",
+                        &IntegrationSettings::default(),
+                        &credentials,
+                    )
+                    .unwrap();
+                    let classified = error(&api, &answer);
+                    let classified_as_error = matches!(
+                        classified,
+                        ProviderError::Permanent { .. } | ProviderError::Transient { .. }
+                    );
+                    prop_assert!(classified_as_error, "{:?}", classified);
+                    let _ = is_already_done(&answer, true);
+                    let _ = is_already_done(&answer, false);
+                }
+            }
+        }
     }
 }

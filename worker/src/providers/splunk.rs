@@ -218,21 +218,21 @@ async fn run_search(
             "DONE" => break content,
             "FAILED" => {
                 return Err(ProviderError::Permanent {
-                    message: api.scrub(&http::bounded(&format!(
+                    message: api.quote(&format!(
                         "Splunk: search job {sid} failed: {}",
                         content.messages().unwrap_or_else(|| "no message".into())
-                    ))),
+                    )),
                 });
             }
             state @ ("INTERNAL_CANCEL" | "USER_CANCEL" | "BAD_INPUT_CANCEL" | "QUIT") => {
                 return Err(ProviderError::Permanent {
-                    message: api.scrub(&http::bounded(&format!(
+                    message: api.quote(&format!(
                         "Splunk: search job {sid} ended as {state}{}",
                         content
                             .messages()
                             .map(|m| format!(": {m}"))
                             .unwrap_or_default()
-                    ))),
+                    )),
                 });
             }
             _ => {}
@@ -381,7 +381,7 @@ fn hec_error(
     let text = answer
         .text
         .as_deref()
-        .map(|t| api.scrub(&http::bounded(t)))
+        .map(|t| api.quote(t))
         .unwrap_or_else(|| "no text".into());
     match code {
         1..=4 => ProviderError::Permanent {

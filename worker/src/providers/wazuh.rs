@@ -14,11 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use shared::providers::{IntegrationSettings, WazuhActiveResponse, WazuhListAgents};
 
-use super::{
-    ActionCall, Credentials, ProviderError, Providers,
-    http::{self, Api},
-    params, unknown_action,
-};
+use super::{ActionCall, Credentials, ProviderError, Providers, http::Api, params, unknown_action};
 
 const NAME: &str = "Wazuh";
 /// Renew a cached JWT after this long (the manager's default lifetime is
@@ -229,14 +225,14 @@ async fn list_agents(
         .ok_or_else(|| api.malformed("agents", "it has no `data`"))?;
     if envelope.error != 0 && data.affected_items.is_empty() {
         return Err(ProviderError::Permanent {
-            message: api.scrub(&http::bounded(&format!(
+            message: api.quote(&format!(
                 "Wazuh: listing agents failed: {}",
                 if data.failed_items.is_empty() {
                     envelope.message.unwrap_or_else(|| "no message".into())
                 } else {
                     describe_failures(&data.failed_items)
                 }
-            ))),
+            )),
         });
     }
     Ok(json!({
@@ -296,20 +292,20 @@ async fn run_active_response(
     };
     if envelope.error == 2 || data.affected_items.is_empty() {
         return Err(ProviderError::Permanent {
-            message: api.scrub(&http::bounded(&format!(
+            message: api.quote(&format!(
                 "Wazuh: active response `{}` reached no agent: {failures}",
                 p.command
-            ))),
+            )),
         });
     }
     // Some agents ran it, some did not: retrying would run it twice on the
     // first ones, so a human follows up on the rest.
     Err(ProviderError::NeedsHuman {
-        reason: api.scrub(&format!(
+        reason: format!(
             "partial success: active response `{}` ran on {}; failed on {}",
             p.command,
-            item_names(&data.affected_items),
-            http::bounded(&failures)
-        )),
+            api.quote(&item_names(&data.affected_items)),
+            api.quote(&failures)
+        ),
     })
 }

@@ -13,6 +13,7 @@
 mod fakes;
 mod meraki;
 mod palo_alto;
+mod parsers;
 mod splunk;
 mod tls;
 mod wazuh;

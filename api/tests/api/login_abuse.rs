@@ -1,0 +1,159 @@
+//! Password guessing: failures are throttled per username (10 in 15
+//! minutes) and per client address (50), with 429 and `Retry-After`; a
+//! throttled attempt is answered before any password is checked, and the
+//! throttle treats unknown and real usernames alike. (That both answer in
+//! the same time is measured by `scripts/login-timing.sh`, in release mode.)
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::test_app::{PASSWORD, TestApp, assert_problem};
+
+/// Seconds of the `Retry-After` header, which must be within the window.
+fn retry_after(response: &reqwest::Response) -> u64 {
+    let seconds: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&seconds), "Retry-After: {seconds}");
+    seconds
+}
+
+async fn failures_of(app: &TestApp, username: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM login_failures WHERE username = $1")
+        .bind(username)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_hundred_wrong_passwords_get_ten_401s_then_only_429s_even_for_the_right_one(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    app.register_company("Acme").await;
+    let mut statuses = Vec::new();
+    for i in 0..100 {
+        let response = app
+            .login("acme-admin", &format!("wrong password {i:03}"))
+            .await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after(&response);
+        }
+        statuses.push(response.status().as_u16());
+    }
+    let expected: Vec<u16> = [401; 10].into_iter().chain([429; 90]).collect();
+    assert_eq!(statuses, expected);
+    // Throttled attempts were answered before any check: only the first ten
+    // were counted (and hashed).
+    assert_eq!(failures_of(&app, "acme-admin").await, 10);
+
+    // The right password does not get through the throttle either, nor does
+    // another spelling of the same username.
+    for username in ["acme-admin", "ACME-Admin", "  acme-admin "] {
+        let response = app.login(username, PASSWORD).await;
+        retry_after(&response);
+        let problem = assert_problem(response, 429).await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("too many failed logins"),
+            "{problem}"
+        );
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_logs WHERE action = 'auth.login_failed'")
+            .await,
+        10
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_logs WHERE action = 'auth.login'")
+            .await,
+        0
+    );
+
+    // Once the window has passed (aged here by hand), the right password works.
+    sqlx::query("UPDATE login_failures SET created_at = created_at - interval '16 minutes'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let response = app.login("acme-admin", PASSWORD).await;
+    assert_eq!(response.status(), 200);
+    let tokens: Value = response.json().await.unwrap();
+    assert!(tokens["access_token"].as_str().is_some());
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_unknown_username_is_throttled_exactly_like_a_real_one(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register_company("Acme").await;
+    let mut real = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..11 {
+        real.push(app.login("acme-admin", "wrong password!!").await);
+        unknown.push(app.login("nobody-at-all", "wrong password!!").await);
+    }
+    for (i, (real, unknown)) in real.into_iter().zip(unknown).enumerate() {
+        let status = if i < 10 { 401 } else { 429 };
+        let real = assert_problem(real, status).await;
+        let unknown = assert_problem(unknown, status).await;
+        assert_eq!(real, unknown, "attempt {i}");
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn fifty_failures_from_one_address_across_many_usernames_throttle_that_address(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.register_company("Acme").await;
+    app.create_user(&admin, "operator", "USER").await;
+    // Spraying one password over many usernames: no username reaches its
+    // own limit of 10, the address reaches its 50.
+    for i in 0..50 {
+        let username = if i % 2 == 0 {
+            format!("sprayed-{i:02}")
+        } else {
+            "operator".to_owned()
+        };
+        let response = app.login(&username, "Spring2026!Spring").await;
+        if username == "operator" && i >= 20 {
+            // The real user's own limit (10) is hit half-way through.
+            assert_eq!(response.status(), 429, "attempt {i} on {username}");
+        } else {
+            assert_eq!(response.status(), 401, "attempt {i} on {username}");
+        }
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM login_failures WHERE client_ip = '127.0.0.1'")
+            .await,
+        35
+    );
+    for i in 50..65 {
+        let response = app
+            .login(&format!("sprayed-{i:02}"), "Spring2026!Spring")
+            .await;
+        assert_eq!(response.status(), 401, "attempt {i}");
+    }
+    // The address has failed 50 times: every username is throttled for it,
+    // a fresh one, and a real one with its right password.
+    for username in ["never-tried-before", "acme-admin"] {
+        let response = app.login(username, PASSWORD).await;
+        retry_after(&response);
+        assert_problem(response, 429).await;
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM login_failures WHERE client_ip = '127.0.0.1'")
+            .await,
+        50
+    );
+    assert_eq!(failures_of(&app, "acme-admin").await, 0);
+    // No login got through: the one success is create_user's, before the spray.
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_logs WHERE action = 'auth.login'")
+            .await,
+        1
+    );
+}
