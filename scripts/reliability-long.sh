@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The long fault-injection variants (not in the default test run): a large
 # backlog drained by 4 workers while a random worker is killed with -9 every
-# 3 s. Prints the `figure:` lines recorded in RELIABILITY.md.
+# 3 s; and PostgreSQL crashed (-m immediate) and held down 45 s under load.
+# Prints the `figure:` lines recorded in RELIABILITY.md.
 #
 #   scripts/reliability-long.sh                      10,000 tickets, 50 companies
 #   TXDX_LONG_TICKETS=2000 scripts/reliability-long.sh

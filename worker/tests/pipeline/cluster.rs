@@ -128,6 +128,15 @@ impl PrivateCluster {
         )
     }
 
+    /// Crashes the server (`-m immediate`: no checkpoint; recovery replays
+    /// the WAL at the next start).
+    pub fn crash_server(&self) -> Result<(), String> {
+        self.pg(
+            "pg_ctl",
+            &["-D", path(&self.data), "-m", "immediate", "-w", "stop"],
+        )
+    }
+
     fn pg(&self, program: &str, args: &[&str]) -> Result<(), String> {
         let program = self.bindir.join(program);
         let mut cmd = if self.as_postgres {

@@ -278,6 +278,22 @@ async fn a_poison_action_that_takes_its_worker_down_is_quarantined_while_its_bat
 
 #[tokio::test]
 async fn postgres_stopped_mid_load_answers_503_then_api_and_workers_recover_by_themselves() {
+    database_outage_mid_load(false, Duration::from_secs(1)).await;
+}
+
+/// The long variant (not in the default run; `scripts/reliability-long.sh`):
+/// the server crashes (`-m immediate`, no shutdown checkpoint) and stays down
+/// 45 s, longer than every pool's acquire timeout, so the workers' loops end
+/// and must be restarted by their supervisor.
+#[tokio::test]
+#[ignore = "long: run with scripts/reliability-long.sh"]
+async fn long_postgres_crashed_and_held_down_45_s_recovers_by_itself() {
+    database_outage_mid_load(true, Duration::from_secs(45)).await;
+}
+
+/// Stops (or crashes) the database mid-load, keeps it down for `hold`, and
+/// checks the 503s during the outage and the recovery after it.
+async fn database_outage_mid_load(crash: bool, hold: Duration) {
     let cluster = match PrivateCluster::start() {
         Ok(cluster) => cluster,
         Err(reason) => {
@@ -334,7 +350,11 @@ async fn postgres_stopped_mid_load_answers_503_then_api_and_workers_recover_by_t
         "SELECT count(*) FROM tickets WHERE status = 'EXECUTED'",
     )
     .await;
-    cluster.stop_server().unwrap();
+    if crash {
+        cluster.crash_server().unwrap();
+    } else {
+        cluster.stop_server().unwrap();
+    }
     let outage = Instant::now();
     // The api answers within its pool's acquire timeout (5 s) and says why,
     // instead of hanging; readiness says the same.
@@ -362,7 +382,7 @@ async fn postgres_stopped_mid_load_answers_503_then_api_and_workers_recover_by_t
     let problem: serde_json::Value = response.json().await.unwrap();
     assert_eq!(problem["status"], 503, "{problem}");
     assert_eq!(ready.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(hold.saturating_sub(outage.elapsed())).await;
     cluster.start_server().unwrap();
     let down_for = outage.elapsed();
     let back = Instant::now();
@@ -396,7 +416,12 @@ async fn postgres_stopped_mid_load_answers_503_then_api_and_workers_recover_by_t
     )
     .await;
     println!(
-        "figure: PostgreSQL down {down_for:?} mid-load ({executed_before}/30 done): api answered 503 problem+json in {answered_in:?}; ready again {api_ready_in:?} after the restart; all 30 terminal {drained:?} after it ({executed} EXECUTED)"
+        "figure: PostgreSQL {} and down {down_for:?} mid-load ({executed_before}/30 done): api answered 503 problem+json in {answered_in:?}; ready again {api_ready_in:?} after the restart; all 30 terminal {drained:?} after it ({executed} EXECUTED)",
+        if crash {
+            "crashed (-m immediate)"
+        } else {
+            "stopped (-m fast)"
+        }
     );
     assert_eq!(terminal, 30);
     assert_eq!(executed, 30, "a database outage is not a provider failure");
