@@ -427,3 +427,63 @@ async fn database_outage_mid_load(crash: bool, hold: Duration) {
     assert_eq!(executed, 30, "a database outage is not a provider failure");
     system.assert_invariants().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn jobs_longer_than_the_heartbeat_never_run_on_two_live_workers_when_one_is_killed(
+    pool: PgPool,
+) {
+    // Each action takes 3 s, longer than the 2 s heartbeat (but inside the
+    // 6 s orphan window and the 5 s action timeout). Three live workers
+    // share the queue; one is killed with -9 mid-way.
+    let env = [
+        ("QUEUE_HEARTBEAT_SECS", "2"),
+        ("QUEUE_MISSED_HEARTBEATS", "3"),
+        ("ACTION_TIMEOUT_SECS", "5"),
+        ("WORKER_CONCURRENCY", "2"),
+    ];
+    let mut system = System::start(pool, 3, &env).await;
+    let token = system.register("Acme").await;
+    let slow = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 3000}}))
+        .await;
+    tickets(&system, &token, &slow, 12).await;
+    // Wait until every worker is busy, then kill one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(
+        &system,
+        "SELECT count(*) FROM ticket_actions WHERE status = 'RUNNING'",
+    )
+    .await
+        < 4
+    {
+        assert!(Instant::now() < deadline, "the workers never got busy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    system.kill_worker(0);
+    let drained = system.wait_all_terminal(Duration::from_secs(90)).await;
+    let executed = count(
+        &system,
+        "SELECT count(*) FROM tickets WHERE status = 'EXECUTED'",
+    )
+    .await;
+    let rerun = count(
+        &system,
+        "SELECT count(*) FROM ticket_actions WHERE attempts > 1",
+    )
+    .await;
+    let outcomes = count(
+        &system,
+        "SELECT count(*) FROM audit_logs WHERE action = 'action.succeeded'",
+    )
+    .await;
+    println!(
+        "figure: 3 s jobs over a 2 s heartbeat, one of 3 workers killed: all 12 EXECUTED {drained:?} later; {rerun} re-run (the killed worker held at most 2); {outcomes} outcomes"
+    );
+    assert_eq!(executed, 12);
+    // Only the killed worker's jobs (its concurrency: 2) ran twice; none of
+    // the live workers' long jobs was taken from them as orphaned.
+    assert!(rerun <= 2, "{rerun} actions ran twice");
+    assert_eq!(outcomes, 12, "one outcome per action");
+    system.assert_invariants().await;
+}
