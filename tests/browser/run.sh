@@ -28,6 +28,11 @@ if [[ "${1:-}" == "--serve" ]]; then SERVE_ONLY=1; shift; fi
 # ------------------------------------------------------------ prerequisites --
 
 ensure_node_modules() {
+    if ! command -v node >/dev/null && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        say "installing Debian's nodejs and npm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+    fi
     command -v node >/dev/null || die "node not found: install Node.js 18 or newer (Debian: apt-get install nodejs npm)"
     local major
     major="$(node -p 'process.versions.node.split(".")[0]')"
