@@ -1,0 +1,165 @@
+//! What the kernel says about a process: CPU seconds, peak resident memory,
+//! and how many TCP connections it holds to PostgreSQL.
+//!
+//! Everything is read from `/proc` (Linux), so a figure costs no cooperation
+//! from the process measured.
+
+use std::{collections::HashSet, fs};
+
+/// Kernel clock ticks per second (`getconf CLK_TCK`; 100 on Linux x86-64).
+fn ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// The numeric fields of `/proc/<pid>/stat` after the command name.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let raw = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: split after the last ')'.
+    let (_, rest) = raw.rsplit_once(')')?;
+    Some(
+        rest.split_whitespace()
+            .skip(1) // state
+            .map(|f| {
+                f.parse::<i64>()
+                    .map_or(0, |v| u64::try_from(v).unwrap_or(0))
+            })
+            .collect(),
+    )
+}
+
+/// CPU seconds (user + system) a live process has used so far; with
+/// `children`, those of its waited-for children too.
+pub fn cpu_seconds(pid: u32, children: bool) -> Option<f64> {
+    let f = stat_fields(pid)?;
+    // After the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime.
+    let own = f.get(10)? + f.get(11)?;
+    let reaped = if children { f.get(12)? + f.get(13)? } else { 0 };
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks")]
+    Some((own + reaped) as f64 / ticks_per_second())
+}
+
+/// A `VmXxx:` line of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let raw = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    raw.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Peak resident set size (`VmHWM`) in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    #[expect(clippy::cast_precision_loss, reason = "KiB")]
+    status_kib(pid, "VmHWM:").map(|k| k as f64 / 1024.0)
+}
+
+/// Resident set size now (`VmRSS`) in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    #[expect(clippy::cast_precision_loss, reason = "KiB")]
+    status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0)
+}
+
+/// The parent of a process.
+pub fn parent(pid: u32) -> Option<u32> {
+    let raw = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    raw.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Live children of `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| parent(*p) == Some(pid))
+        .collect()
+}
+
+/// CPU seconds of PostgreSQL as a whole: the postmaster, every backend it
+/// has reaped, and every live backend.
+pub fn postgres_cpu_seconds(postmaster: u32) -> Option<f64> {
+    let mut total = cpu_seconds(postmaster, true)?;
+    for child in children(postmaster) {
+        total += cpu_seconds(child, true).unwrap_or(0.0);
+    }
+    Some(total)
+}
+
+/// Socket inodes a process holds open.
+fn socket_inodes(pid: u32) -> HashSet<u64> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter_map(|target| {
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Established TCP connections from `pid` to local port `remote_port`
+/// (PostgreSQL's), found by matching the process's socket inodes against
+/// `/proc/net/tcp{,6}`.
+pub fn connections_to_port(pid: u32, remote_port: u16) -> usize {
+    let inodes = socket_inodes(pid);
+    if inodes.is_empty() {
+        return 0;
+    }
+    let mut count = 0;
+    for table in ["tcp", "tcp6"] {
+        let Ok(raw) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in raw.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(rem), Some(state), Some(inode)) = (cols.get(2), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let port = rem
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            // 01 = ESTABLISHED.
+            if port == Some(remote_port)
+                && *state == "01"
+                && inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i))
+            {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_and_a_peak_rss() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me, false).is_some());
+        assert!(peak_rss_mib(me).is_some_and(|m| m > 0.0));
+        assert!(rss_mib(me).is_some_and(|m| m > 0.0));
+        assert!(parent(me).is_some());
+    }
+}

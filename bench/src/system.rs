@@ -1,0 +1,340 @@
+//! The system under test: the real `api` and `worker` release binaries,
+//! started as child processes on 127.0.0.1 with the environment they read in
+//! production, and watched through `/proc`.
+
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::procfs;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One process of the system, by role.
+pub struct Proc {
+    /// `api`, `worker-1`, ...
+    pub name: String,
+    child: Child,
+    pid: u32,
+}
+
+impl Proc {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// CPU and memory of one process over one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcUsage {
+    /// Role.
+    pub name: String,
+    /// CPU seconds used during the phase.
+    pub cpu_secs: f64,
+    /// CPU seconds per wall second (1.0 = one core busy).
+    pub cores: f64,
+    /// Largest resident set size (`VmRSS`, MiB) seen during the phase
+    /// (sampled every 100 ms).
+    pub peak_rss_mib: f64,
+    /// `VmHWM` at the end of the phase (MiB): the process's lifetime peak,
+    /// earlier phases included.
+    pub lifetime_peak_rss_mib: f64,
+    /// Most connections it held to PostgreSQL at once (sampled every 100 ms).
+    pub peak_db_connections: usize,
+}
+
+/// The api, the workers and the settings they were started with.
+pub struct System {
+    bin_dir: PathBuf,
+    log_dir: PathBuf,
+    env: Vec<(String, String)>,
+    /// Base URL of the api.
+    pub api_url: String,
+    api: Option<Proc>,
+    workers: Vec<Proc>,
+    worker_serial: usize,
+    /// Peak (connections, RSS MiB) by pid, fed by [`System::sample_connections`].
+    peaks: Arc<Mutex<HashMap<u32, (usize, f64)>>>,
+    pg_port: u16,
+    /// The PostgreSQL server process, when it runs on this machine.
+    pub postmaster: Option<u32>,
+}
+
+impl System {
+    /// Prepares the environment shared by every process: the database,
+    /// secrets made up for this run, and `extra` overrides.
+    pub fn new(
+        bin_dir: &Path,
+        log_dir: &Path,
+        database_url: &str,
+        pg_port: u16,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let api_port = free_port()?;
+        std::fs::create_dir_all(log_dir)?;
+        let frontend = log_dir.join("frontend");
+        std::fs::create_dir_all(&frontend)?;
+        let jwt: String = ulid::Ulid::generate().to_string().repeat(3);
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), database_url.into()),
+            ("JWT_SECRET_KEY".into(), jwt),
+            ("API_ADDR".into(), format!("127.0.0.1:{api_port}")),
+            (
+                "TXDX_LOCAL_SECRET_KEY".into(),
+                // 32 bytes, base64: a throw-away key for this run's store.
+                "YmVuY2gtbG9jYWwtc2VjcmV0LWtleS0zMi1ieXRlcyE=".into(),
+            ),
+            ("RUST_LOG".into(), "info,sqlx=warn".into()),
+            // As the Docker image and `./dev up` set it (see Dockerfile).
+            ("MALLOC_MMAP_THRESHOLD_".into(), "131072".into()),
+            ("FRONTEND_DIR".into(), frontend.display().to_string()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
+        Ok(Self {
+            bin_dir: bin_dir.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            env,
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            api: None,
+            workers: Vec::new(),
+            worker_serial: 0,
+            peaks: Arc::default(),
+            pg_port,
+            postmaster: None,
+        })
+    }
+
+    fn command(&self, bin: &str, log: &str) -> anyhow::Result<Command> {
+        let path = self.bin_dir.join(bin);
+        if !path.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build --release --bin api --bin worker` (scripts/bench.sh does)",
+                path.display()
+            );
+        }
+        let out = std::fs::File::create(self.log_dir.join(format!("{log}.log")))?;
+        let mut cmd = Command::new(path);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// `api migrate`, then `api serve` until `/ready` answers.
+    pub async fn start_api(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
+        let status = self
+            .command("api", "api-migrate")?
+            .arg("migrate")
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("`api migrate` failed (see api-migrate.log)");
+        }
+        let child = self.command("api", "api")?.arg("serve").spawn()?;
+        let pid = child.id().context("api exited at once")?;
+        self.api = Some(Proc {
+            name: "api".into(),
+            child,
+            pid,
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{}/ready", self.api_url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the api did not become ready in 60 s (see api.log)");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts `n` worker processes (each its own metrics port).
+    pub fn start_workers(&mut self, n: usize) -> anyhow::Result<()> {
+        for _ in 0..n {
+            self.worker_serial += 1;
+            let name = format!("worker-{}", self.worker_serial);
+            let mut cmd = self.command("worker", &name)?;
+            cmd.env("WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()?));
+            let child = cmd.spawn()?;
+            let pid = child.id().context("worker exited at once")?;
+            self.workers.push(Proc { name, child, pid });
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to every worker; waits for them (graceful drain).
+    pub async fn stop_workers(&mut self) {
+        for w in &self.workers {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(w.pid.to_string())
+                .status();
+        }
+        for w in &mut self.workers {
+            if tokio::time::timeout(Duration::from_secs(40), w.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = w.child.kill().await;
+            }
+        }
+        self.workers.clear();
+    }
+
+    /// Stops everything.
+    pub async fn stop(&mut self) {
+        self.stop_workers().await;
+        if let Some(api) = &mut self.api {
+            let _ = api.child.kill().await;
+        }
+        self.api = None;
+    }
+
+    /// The api and the workers now running.
+    pub fn procs(&self) -> impl Iterator<Item = &Proc> {
+        self.api.iter().chain(self.workers.iter())
+    }
+
+    /// Whether every process is still alive.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in self.api.iter_mut().chain(self.workers.iter_mut()) {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                bail!("{} exited ({status}); see {}.log", p.name, p.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples every process's PostgreSQL connections and resident memory
+    /// every 100 ms until the returned handle is dropped.
+    pub fn sample_connections(&self) -> ConnectionSampler {
+        let pids: Vec<u32> = self.procs().map(Proc::pid).collect();
+        let peaks = self.peaks.clone();
+        let port = self.pg_port;
+        let task = tokio::spawn(async move {
+            loop {
+                for pid in &pids {
+                    let n = procfs::connections_to_port(*pid, port);
+                    let rss = procfs::rss_mib(*pid).unwrap_or(0.0);
+                    let mut map = peaks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let peak = map.entry(*pid).or_default();
+                    *peak = (peak.0.max(n), peak.1.max(rss));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        ConnectionSampler(task)
+    }
+
+    /// A snapshot to measure a phase from.
+    pub fn mark(&self) -> Mark {
+        self.peaks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        Mark {
+            at: Instant::now(),
+            cpu: self
+                .procs()
+                .map(|p| (p.pid, procfs::cpu_seconds(p.pid, false).unwrap_or(0.0)))
+                .collect(),
+            postgres: self.postmaster.and_then(procfs::postgres_cpu_seconds),
+            bench: procfs::cpu_seconds(std::process::id(), false),
+        }
+    }
+
+    /// Usage of each process since `mark`.
+    pub fn usage_since(&self, mark: &Mark) -> Vec<ProcUsage> {
+        let wall = mark.at.elapsed().as_secs_f64().max(1e-9);
+        let peaks = self
+            .peaks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut usage: Vec<ProcUsage> = self
+            .procs()
+            .map(|p| {
+                let before = mark.cpu.get(&p.pid).copied().unwrap_or(0.0);
+                let cpu = procfs::cpu_seconds(p.pid, false).unwrap_or(0.0) - before;
+                let (conns, rss) = peaks.get(&p.pid).copied().unwrap_or_default();
+                ProcUsage {
+                    name: p.name.clone(),
+                    cpu_secs: cpu,
+                    cores: cpu / wall,
+                    peak_rss_mib: rss,
+                    lifetime_peak_rss_mib: procfs::peak_rss_mib(p.pid).unwrap_or(0.0),
+                    peak_db_connections: conns,
+                }
+            })
+            .collect();
+        let db_connections: usize = usage.iter().map(|u| u.peak_db_connections).sum();
+        if let (Some(before), Some(after)) = (
+            mark.postgres,
+            self.postmaster.and_then(procfs::postgres_cpu_seconds),
+        ) {
+            usage.push(ProcUsage {
+                name: "postgres".into(),
+                cpu_secs: after - before,
+                cores: (after - before) / wall,
+                peak_rss_mib: 0.0,
+                lifetime_peak_rss_mib: 0.0,
+                // Sum of the per-process peaks: an upper bound of the total.
+                peak_db_connections: db_connections,
+            });
+        }
+        let me = std::process::id();
+        if let (Some(before), Some(after)) = (mark.bench, procfs::cpu_seconds(me, false)) {
+            usage.push(ProcUsage {
+                name: "bench".into(),
+                cpu_secs: after - before,
+                cores: (after - before) / wall,
+                peak_rss_mib: procfs::rss_mib(me).unwrap_or(0.0),
+                lifetime_peak_rss_mib: procfs::peak_rss_mib(me).unwrap_or(0.0),
+                peak_db_connections: 0,
+            });
+        }
+        usage
+    }
+}
+
+/// CPU counters at the start of a phase.
+pub struct Mark {
+    at: Instant,
+    cpu: HashMap<u32, f64>,
+    postgres: Option<f64>,
+    bench: Option<f64>,
+}
+
+/// Stops sampling when dropped.
+pub struct ConnectionSampler(tokio::task::JoinHandle<()>);
+
+impl Drop for ConnectionSampler {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
