@@ -118,7 +118,8 @@ pub struct Config {
     pub local_secret_key_file: String,
     /// `SECRET_CACHE_TTL_SECS` (default 300): worker credential cache lifetime.
     pub secret_cache_ttl: Duration,
-    /// `WORKER_CONCURRENCY` (default 8): actions one worker process runs at once.
+    /// `WORKER_CONCURRENCY` (default 32): actions one worker process runs at
+    /// once; also its fetch batch and the largest group commit.
     pub worker_concurrency: usize,
     /// `WORKER_METRICS_ADDR` (default `127.0.0.1:9091`).
     pub worker_metrics_addr: SocketAddr,
@@ -129,6 +130,10 @@ pub struct Config {
     pub queue_heartbeat: Duration,
     /// `QUEUE_MISSED_HEARTBEATS` (default 6).
     pub queue_missed_heartbeats: usize,
+    /// `QUEUE_POLL_INTERVAL_MS` (default 100): the worker's fallback poll of
+    /// the queue beside LISTEN/NOTIFY; it also bounds how late a job whose
+    /// run time (a retry's backoff, a snooze) has just come is fetched.
+    pub queue_poll_interval: Duration,
     /// `ACTION_TIMEOUT_SECS` (default 20): one attempt's hard limit; kept well
     /// under heartbeat × missed beats so a slow job is never taken as orphaned.
     pub action_timeout: Duration,
@@ -255,7 +260,7 @@ impl Config {
                 });
             }
         };
-        let worker_concurrency = env.parse("WORKER_CONCURRENCY", 8usize)?;
+        let worker_concurrency = env.parse("WORKER_CONCURRENCY", 32usize)?;
         if !(1..=1024).contains(&worker_concurrency) {
             return Err(ConfigError::Invalid {
                 var: "WORKER_CONCURRENCY",
@@ -306,6 +311,10 @@ impl Config {
             action_max_attempts,
             queue_heartbeat: heartbeat,
             queue_missed_heartbeats: missed,
+            queue_poll_interval: Duration::from_millis(
+                env.parse("QUEUE_POLL_INTERVAL_MS", 100u64)?
+                    .clamp(10, 60_000),
+            ),
             action_timeout,
             retry_backoff_base: Duration::from_millis(
                 env.parse("RETRY_BACKOFF_BASE_MS", 1000u64)?.max(1),
@@ -379,7 +388,7 @@ mod tests {
     fn defaults_apply_when_only_required_variables_are_set() {
         let config = Config::from_vars(base()).unwrap();
         assert_eq!(config.api_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.worker_concurrency, 8);
+        assert_eq!(config.worker_concurrency, 32);
         assert!(config.azure.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(config.job_retention, Duration::from_secs(7 * 24 * 3600));

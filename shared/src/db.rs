@@ -112,6 +112,37 @@ pub async fn begin_tenant(
     Ok(tx)
 }
 
+/// Starts a transaction scoped to several companies at once: role
+/// `txdx_app`, `app.company_ids` set to exactly `company_ids`.
+///
+/// Only the worker's batches use it (one transaction records the claims or
+/// outcomes of many jobs of different companies); the `*_worker_batch`
+/// policies admit these companies' rows on the tables those batches touch.
+/// Every statement still names each row's own company.
+///
+/// # Errors
+/// When no connection can be had or the settings cannot be applied.
+pub async fn begin_tenants(
+    pool: &PgPool,
+    company_ids: &[Uuid],
+) -> Result<Transaction<'static, Postgres>, DbError> {
+    let scope = format!(
+        "{{{}}}",
+        company_ids
+            .iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.company_ids', $1, true), set_config('role', $2, true)")
+        .bind(scope)
+        .bind(APP_ROLE)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Starts a transaction as the app role that may see exactly one user row by
 /// its username, before the company is known (login).
 ///

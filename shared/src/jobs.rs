@@ -45,21 +45,65 @@ pub async fn enqueue_action(
     run_at: Option<DateTime<Utc>>,
     backlog: i64,
 ) -> Result<String, DbError> {
-    // apalis-postgres decodes job ids as ULIDs.
-    let job_id = ulid::Ulid::generate().to_string();
-    let args = serde_json::to_vec(job).map_err(|e| DbError::Invalid {
+    let mut ids = enqueue_actions(
+        conn,
+        &[ActionEnqueue {
+            job: job.clone(),
+            run_at,
+            backlog,
+        }],
+    )
+    .await?;
+    ids.pop().ok_or_else(|| DbError::Invalid {
         field: "job".into(),
-        message: e.to_string(),
-    })?;
-    let mut builder = TaskBuilder::new(args)
-        .task_id(TaskId::from_string(job_id.clone()))
-        .max_attempts(QUEUE_MAX_ATTEMPTS)
-        .priority(fair_priority(backlog));
-    if let Some(at) = run_at {
-        let at = queue_run_at(at);
-        builder = builder.run_at_timestamp(u64::try_from(at.timestamp()).unwrap_or(0));
+        message: "no job id was returned".into(),
+    })
+}
+
+/// One job to push with [`enqueue_actions`].
+#[derive(Debug, Clone)]
+pub struct ActionEnqueue {
+    /// The payload.
+    pub job: ActionJob,
+    /// When it may run (now when `None`), rounded up by [`queue_run_at`].
+    pub run_at: Option<DateTime<Utc>>,
+    /// The company's backlog, for [`fair_priority`].
+    pub backlog: i64,
+}
+
+/// Pushes many jobs with one insert and records each job id on its action
+/// with one update; the job ids come back in the order of `jobs`.
+///
+/// # Errors
+/// When a statement fails; inside a transaction the caller rolls back.
+pub async fn enqueue_actions(
+    conn: &mut PgConnection,
+    jobs: &[ActionEnqueue],
+) -> Result<Vec<String>, DbError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
     }
-    apalis_postgres::queries::push_tasks(&mut *conn, ACTION_QUEUE, vec![builder.build()])
+    let mut tasks = Vec::with_capacity(jobs.len());
+    let mut job_ids = Vec::with_capacity(jobs.len());
+    for item in jobs {
+        // apalis-postgres decodes job ids as ULIDs.
+        let job_id = ulid::Ulid::generate().to_string();
+        let args = serde_json::to_vec(&item.job).map_err(|e| DbError::Invalid {
+            field: "job".into(),
+            message: e.to_string(),
+        })?;
+        let mut builder = TaskBuilder::new(args)
+            .task_id(TaskId::from_string(job_id.clone()))
+            .max_attempts(QUEUE_MAX_ATTEMPTS)
+            .priority(fair_priority(item.backlog));
+        if let Some(at) = item.run_at {
+            let at = queue_run_at(at);
+            builder = builder.run_at_timestamp(u64::try_from(at.timestamp()).unwrap_or(0));
+        }
+        tasks.push(builder.build());
+        job_ids.push(job_id);
+    }
+    apalis_postgres::queries::push_tasks(&mut *conn, ACTION_QUEUE, tasks)
         .await
         .map_err(|e| match e {
             apalis_postgres::Error::Database(db) => DbError::from(db),
@@ -68,12 +112,15 @@ pub async fn enqueue_action(
                 message: other.to_string(),
             },
         })?;
-    sqlx::query("UPDATE ticket_actions SET job_id = $2, updated_at = now() WHERE id = $1")
-        .bind(job.action_id)
-        .bind(&job_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(job_id)
+    let action_ids: Vec<Uuid> = jobs.iter().map(|j| j.job.action_id).collect();
+    sqlx::query(
+        "UPDATE ticket_actions a SET job_id = v.job_id, updated_at = now() FROM unnest($1::uuid[], $2::text[]) AS v(action_id, job_id) WHERE a.id = v.action_id",
+    )
+    .bind(&action_ids)
+    .bind(&job_ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(job_ids)
 }
 
 /// The apalis queue that carries integration connection tests.

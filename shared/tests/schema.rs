@@ -232,6 +232,73 @@ async fn without_a_tenant_the_app_role_sees_nothing_and_cannot_write_across_tena
     assert_eq!(b_subject, "subject");
 }
 
+/// The tables a worker batch (one transaction naming several companies in
+/// `app.company_ids`) may touch; every other tenant table stays closed to it.
+const WORKER_BATCH_TABLES: &[&str] = &["integrations", "tickets", "ticket_actions", "audit_logs"];
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_batch_sees_exactly_the_companies_it_names_and_only_in_its_tables(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let a = seed_company(&pool, "alpha").await;
+    let b = seed_company(&pool, "bravo").await;
+    let c = seed_company(&pool, "charlie").await;
+
+    for table in TENANT_TABLES {
+        let key = if *table == "companies" {
+            "id"
+        } else {
+            "company_id"
+        };
+        let mut tx = db::begin_tenants(&pool, &[a, b]).await.unwrap();
+        let mut seen: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT {key} FROM {table}"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        seen.sort();
+        if WORKER_BATCH_TABLES.contains(table) {
+            let mut named = vec![a, b];
+            named.sort();
+            assert_eq!(seen, named, "{table}: the batch sees both named companies");
+        } else {
+            assert!(seen.is_empty(), "{table}: closed to a batch, saw {seen:?}");
+        }
+        assert!(!seen.contains(&c), "{table}: never an unnamed company");
+        tx.rollback().await.unwrap();
+    }
+
+    // It writes only for the companies it names.
+    let mut tx = db::begin_tenants(&pool, &[a, b]).await.unwrap();
+    let err = sqlx::query("INSERT INTO audit_logs (company_id, action, entity_type) VALUES ($1, 'smuggled', 'ticket')")
+        .bind(c)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    tx.rollback().await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[a]).await.unwrap();
+    let moved = sqlx::query("UPDATE tickets SET subject = 'moved' WHERE company_id = $1")
+        .bind(b)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(moved.rows_affected(), 0, "company B is not named");
+    tx.rollback().await.unwrap();
+
+    // Naming no company sees nothing (fails closed).
+    let mut tx = db::begin_tenants(&pool, &[]).await.unwrap();
+    for table in WORKER_BATCH_TABLES {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table} with an empty batch scope");
+    }
+    tx.rollback().await.unwrap();
+}
+
 #[sqlx::test(migrations = false)]
 async fn tenant_settings_do_not_leak_to_the_next_user_of_a_pooled_connection(pool: PgPool) {
     db::migrate(&pool).await.unwrap();

@@ -1,5 +1,10 @@
 //! `execute_action`: one delivery of one job, from claim to recorded outcome.
 //!
+//! Claims and outcomes go through [`Batcher`]s (group commit): the
+//! deliveries of one moment share one transaction, and the common case is
+//! written with set-based statements. Anything the batch does not handle
+//! takes the one-by-one path described here.
+//!
 //! 1. Claim (tenant transaction): lock the action, skip it if finished or its
 //!    ticket is closed, quarantine it if crashed workers used up its
 //!    attempts, snooze it if its integration is at a concurrency or rate
@@ -18,7 +23,7 @@ use shared::{
     PgPool,
     db::{
         self,
-        actions::{AttemptStart, ClaimPolicy, Outcome, Recorded},
+        actions::{AttemptOutcome, AttemptStart, ClaimPolicy, Claimed, Outcome, Recorded},
     },
     domain::{Integration, TicketAction},
     jobs::ActionJob,
@@ -27,6 +32,7 @@ use shared::{
 };
 
 use crate::{
+    batch::Batcher,
     providers::{ActionCall, Credentials, ProviderError, Providers, serialization_key},
     retry::Backoff,
 };
@@ -45,6 +51,10 @@ pub struct WorkerState {
     pub action_timeout: std::time::Duration,
     /// How claims apply integration limits.
     pub claim: ClaimPolicy,
+    /// Claims of the deliveries running at one moment, made together.
+    pub claims: Batcher<ActionJob, Option<Claimed>>,
+    /// Outcomes of the deliveries finishing at one moment, recorded together.
+    pub outcomes: Batcher<AttemptOutcome, Result<Recorded, db::DbError>>,
 }
 
 /// Why a delivery must be handed back to the queue (apalis retries it).
@@ -61,30 +71,15 @@ pub enum DeliveryError {
 /// Only infrastructure failures (the database); provider failures are
 /// outcomes recorded on the action.
 pub async fn execute_action(state: &WorkerState, job: &ActionJob) -> Result<(), DeliveryError> {
-    let mut tx = db::begin_tenant(&state.pool, job.company_id).await?;
-    let start = db::actions::start_attempt(&mut tx, job, state.claim).await?;
-    tx.commit().await.map_err(db::DbError::from)?;
-    let (action, integration, attempt) = match start {
-        AttemptStart::Run {
-            action,
-            integration,
-            attempt,
-        } => (action, integration, attempt),
-        AttemptStart::Skip(reason) => {
-            tracing::info!(action.id = %job.action_id, ticket.id = %job.ticket_id, "skipping action {}: {reason}", job.action_id);
-            return Ok(());
-        }
-        AttemptStart::Exhausted => {
-            tracing::warn!(action.id = %job.action_id, ticket.id = %job.ticket_id, "action {} quarantined: attempts used up by crashed workers", job.action_id);
-            metrics::counter!("txdx_worker_actions_quarantined_total").increment(1);
-            return Ok(());
-        }
-        AttemptStart::Snoozed { limit, until } => {
-            tracing::debug!(action.id = %job.action_id, ticket.id = %job.ticket_id, limit = limit.label(), "action {} snoozed until {until}: {limit}", job.action_id);
-            metrics::counter!("txdx_worker_actions_snoozed_total", "limit" => limit.label())
-                .increment(1);
-            return Ok(());
-        }
+    // The common case is claimed with the other deliveries of the moment
+    // (one transaction); the rest, and any claim the batch could not make,
+    // take the one-by-one path, which handles every case.
+    let (action, integration, attempt) = match state.claims.call(job.clone()).await.flatten() {
+        Some(claimed) => (claimed.action, claimed.integration, claimed.attempt),
+        None => match claim_alone(state, job).await? {
+            Some(claimed) => claimed,
+            None => return Ok(()),
+        },
     };
     let labels = [
         ("provider", action.provider.as_str().to_owned()),
@@ -128,13 +123,126 @@ pub async fn execute_action(state: &WorkerState, job: &ActionJob) -> Result<(), 
         }
     };
     tracing::info!(action.id = %action.id, ticket.id = %action.ticket_id, company.id = %action.company_id, attempt, outcome = outcome_name(&outcome), "action {} attempt {attempt}: {}", action.id, outcome_name(&outcome));
-    let mut tx = db::begin_tenant(&state.pool, job.company_id).await?;
-    let recorded = db::actions::record_outcome(&mut tx, &action, attempt, outcome).await?;
-    tx.commit().await.map_err(db::DbError::from)?;
+    let item = AttemptOutcome {
+        action,
+        attempt,
+        outcome,
+    };
+    let recorded = match state.outcomes.call(item.clone()).await {
+        Some(recorded) => recorded?,
+        None => record_alone(&state.pool, item).await?,
+    };
     if recorded == Recorded::Fenced {
-        tracing::warn!(action.id = %action.id, "outcome of action {} attempt {attempt} dropped: another worker owns it", action.id);
+        tracing::warn!(action.id = %job.action_id, "outcome of action {} attempt {attempt} dropped: another worker owns it", job.action_id);
     }
     Ok(())
+}
+
+/// The one-by-one claim ([`db::actions::start_attempt`]) in a tenant
+/// transaction of its own; `None` when there is nothing to run.
+async fn claim_alone(
+    state: &WorkerState,
+    job: &ActionJob,
+) -> Result<Option<(TicketAction, Option<Integration>, i32)>, DeliveryError> {
+    let mut tx = db::begin_tenant(&state.pool, job.company_id).await?;
+    let start = db::actions::start_attempt(&mut tx, job, state.claim).await?;
+    tx.commit().await.map_err(db::DbError::from)?;
+    match start {
+        AttemptStart::Run {
+            action,
+            integration,
+            attempt,
+        } => Ok(Some((*action, integration, attempt))),
+        AttemptStart::Skip(reason) => {
+            tracing::info!(action.id = %job.action_id, ticket.id = %job.ticket_id, "skipping action {}: {reason}", job.action_id);
+            Ok(None)
+        }
+        AttemptStart::Exhausted => {
+            tracing::warn!(action.id = %job.action_id, ticket.id = %job.ticket_id, "action {} quarantined: attempts used up by crashed workers", job.action_id);
+            metrics::counter!("txdx_worker_actions_quarantined_total").increment(1);
+            Ok(None)
+        }
+        AttemptStart::Snoozed { limit, until } => {
+            tracing::debug!(action.id = %job.action_id, ticket.id = %job.ticket_id, limit = limit.label(), "action {} snoozed until {until}: {limit}", job.action_id);
+            metrics::counter!("txdx_worker_actions_snoozed_total", "limit" => limit.label())
+                .increment(1);
+            Ok(None)
+        }
+    }
+}
+
+/// The claim batcher's work: [`db::actions::claim_batch`] in one transaction
+/// scoped to the batch's companies. A job it does not claim (or every job,
+/// when the batch fails) answers `None` and takes [`claim_alone`].
+pub async fn claim_jobs(pool: PgPool, jobs: Vec<ActionJob>) -> Vec<Option<Claimed>> {
+    let companies = distinct(jobs.iter().map(|j| j.company_id));
+    let claimed = async {
+        let mut tx = db::begin_tenants(&pool, &companies).await?;
+        let claimed = db::actions::claim_batch(&mut tx, &jobs).await?;
+        tx.commit().await?;
+        Ok::<_, db::DbError>(claimed)
+    }
+    .await;
+    match claimed {
+        Ok(mut claimed) => jobs
+            .iter()
+            .map(|job| claimed.remove(&job.action_id))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                "a batch claim of {} jobs failed ({e}); claiming them one by one",
+                jobs.len()
+            );
+            jobs.iter().map(|_| None).collect()
+        }
+    }
+}
+
+/// The outcome batcher's work: [`db::actions::record_batch`] in one
+/// transaction scoped to the batch's companies. When the batch fails, each
+/// outcome is recorded alone, so one bad item cannot hold back the others.
+pub async fn record_outcomes(
+    pool: PgPool,
+    items: Vec<AttemptOutcome>,
+) -> Vec<Result<Recorded, db::DbError>> {
+    let companies = distinct(items.iter().map(|i| i.action.company_id));
+    let batch = async {
+        let mut tx = db::begin_tenants(&pool, &companies).await?;
+        let recorded = db::actions::record_batch(&mut tx, items.clone()).await?;
+        tx.commit().await?;
+        Ok::<_, db::DbError>(recorded)
+    }
+    .await;
+    match batch {
+        Ok(recorded) => recorded.into_iter().map(Ok).collect(),
+        Err(e) => {
+            tracing::warn!(
+                "recording a batch of {} outcomes failed ({e}); recording them one by one",
+                items.len()
+            );
+            let mut recorded = Vec::with_capacity(items.len());
+            for item in items {
+                recorded.push(record_alone(&pool, item).await);
+            }
+            recorded
+        }
+    }
+}
+
+/// [`db::actions::record_outcome`] in a tenant transaction of its own.
+async fn record_alone(pool: &PgPool, item: AttemptOutcome) -> Result<Recorded, db::DbError> {
+    let mut tx = db::begin_tenant(pool, item.action.company_id).await?;
+    let recorded =
+        db::actions::record_outcome(&mut tx, &item.action, item.attempt, item.outcome).await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+fn distinct(ids: impl Iterator<Item = uuid::Uuid>) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<uuid::Uuid> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 fn outcome_name(outcome: &Outcome) -> &'static str {

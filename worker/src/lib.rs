@@ -19,6 +19,8 @@ use shared::{
     jobs::{ACTION_QUEUE, ActionJob, CHECK_QUEUE, CheckJob},
 };
 
+/// Group commit of claims and outcomes.
+pub mod batch;
 /// Integration connection tests.
 pub mod checks;
 /// One delivery: claim, run, record.
@@ -57,7 +59,19 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
         Ok(()) => tracing::info!("secrets: {}", secrets.describe()),
         Err(e) => anyhow::bail!("secret store does not answer: {e}"),
     }
+    // Two lanes: one batch gathers while the other is in the database.
+    let batch_size = config.worker_concurrency;
+    let claims = batch::Batcher::spawn(2, batch_size, {
+        let pool = pool.clone();
+        move |jobs| handler::claim_jobs(pool.clone(), jobs)
+    });
+    let outcomes = batch::Batcher::spawn(2, batch_size, {
+        let pool = pool.clone();
+        move |items| handler::record_outcomes(pool.clone(), items)
+    });
     Ok(Arc::new(WorkerState {
+        claims,
+        outcomes,
         pool,
         secrets,
         providers: providers::Providers::new().context("cannot build the HTTP client")?,
@@ -124,6 +138,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let concurrency = config.worker_concurrency;
+    let poll_interval = config.queue_poll_interval;
     let queue_config = apalis_postgres::Config::default()
         .queue(ACTION_QUEUE)
         .batch_size(concurrency)
@@ -158,12 +173,12 @@ pub async fn run(
     let incarnation_for_checks = incarnation.clone();
     let monitor = Monitor::new()
         .register(move |restarts| {
-            // LISTEN/NOTIFY wakes the worker at once; the 1 s poll is the
-            // fallback for lost notifications and for jobs whose run time
-            // (a retry's backoff) has just arrived.
+            // LISTEN/NOTIFY wakes the worker at once; the short poll is
+            // the fallback for lost notifications and for jobs whose run
+            // time (a retry's backoff) has just arrived.
             let wake = Strategy::new()
                 .stream(Pubsub::new(pool.clone(), ACTION_QUEUE.to_owned()))
-                .interval(Duration::from_secs(1));
+                .interval(poll_interval);
             let backend = PostgresStorage::<ActionJob>::new(&pool)
                 .with_config(queue_config.clone())
                 .poll_with_strategy(wake);

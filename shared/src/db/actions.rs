@@ -6,7 +6,7 @@
 //! PENDING with its attempts unchanged and a new job runs it later, so a
 //! limit never uses up an attempt and never fails an action.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     DbError,
-    audit::{NewAuditEvent, insert_audit_event},
+    audit::{NewAuditEvent, insert_audit_event, insert_audit_events},
     limits::{self, Admission, IntegrationLimits, LimitHit},
 };
 use crate::{
@@ -314,6 +314,15 @@ pub async fn record_outcome(
     attempt: i32,
     outcome: Outcome,
 ) -> Result<Recorded, DbError> {
+    let outcome = outcome.storable();
+    if let Outcome::Succeeded { result } = outcome {
+        // The same compare-and-set, chaining and settling as a batch of one.
+        let written = record_successes(conn, &[(0, action.clone(), attempt, result)]).await?;
+        return Ok(match written.get(&action.id) {
+            Some(status) => Recorded::Written(*status),
+            None => Recorded::Fenced,
+        });
+    }
     let owned: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM ticket_actions WHERE id = $1 AND status = 'RUNNING' AND attempts = $2 FOR UPDATE",
     )
@@ -324,7 +333,7 @@ pub async fn record_outcome(
     if owned.is_none() {
         return Ok(Recorded::Fenced);
     }
-    finish_action(conn, action, attempt, outcome.storable())
+    finish_action(conn, action, attempt, outcome)
         .await
         .map(Recorded::Written)
 }
@@ -351,34 +360,14 @@ async fn finish_action(
     let base = json!({"ticket_id": action.ticket_id, "provider": action.provider, "action": action.action, "attempt": attempt});
     match &outcome {
         Outcome::Succeeded { result } => {
-            sqlx::query("UPDATE ticket_actions SET status = 'SUCCEEDED', result = $2, last_error = NULL, finished_at = now(), updated_at = now() WHERE id = $1")
-                .bind(action.id)
-                .bind(result)
-                .execute(&mut *conn)
-                .await?;
-            insert_audit_event(conn, audit("action.succeeded", base.clone())).await?;
-            // Chain: the next action in position order gets its job now.
-            let next: Option<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM ticket_actions WHERE ticket_id = $1 AND company_id = $2 AND position > $3 AND status = 'PENDING' ORDER BY position LIMIT 1",
-            )
-            .bind(action.ticket_id)
-            .bind(action.company_id)
-            .bind(action.position)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(next_id) = next {
-                let backlog = company_backlog(conn, action.company_id).await?;
-                enqueue_action(
-                    conn,
-                    &ActionJob {
-                        action_id: next_id,
-                        ..job
-                    },
-                    None,
-                    backlog,
-                )
-                .await?;
-            }
+            // Reached only with the row locked in (RUNNING, attempt): the
+            // set-based path's compare-and-set holds.
+            let written =
+                record_successes(conn, &[(0, action.clone(), attempt, result.clone())]).await?;
+            return Ok(written
+                .get(&action.id)
+                .copied()
+                .unwrap_or(TicketStatus::Pending));
         }
         Outcome::Retry { error, retry_at } => {
             sqlx::query("UPDATE ticket_actions SET status = 'PENDING', last_error = $2, next_attempt_at = $3, updated_at = now() WHERE id = $1")
@@ -433,57 +422,386 @@ pub async fn settle_ticket(
     company_id: Uuid,
     ticket_id: Uuid,
 ) -> Result<TicketStatus, DbError> {
-    let rows: Vec<(ActionStatus, Option<String>)> = sqlx::query_as(
-        "SELECT status, last_error FROM ticket_actions WHERE ticket_id = $1 AND company_id = $2 ORDER BY position",
-    )
-    .bind(ticket_id)
-    .bind(company_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let view: Vec<(ActionStatus, Option<&str>)> =
-        rows.iter().map(|(s, e)| (*s, e.as_deref())).collect();
-    let (status, reason) = derive_ticket_status(&view);
-    if !status.is_terminal() {
-        return Ok(status);
-    }
-    // Only the first transition to a terminal status writes (one outcome per ticket).
-    let moved = sqlx::query(
-        "UPDATE tickets SET status = $3, status_reason = $4, executed_at = now(), updated_at = now() WHERE id = $1 AND company_id = $2 AND status = 'PENDING'",
-    )
-    .bind(ticket_id)
-    .bind(company_id)
-    .bind(status)
-    .bind(&reason)
-    .execute(&mut *conn)
-    .await?;
-    if moved.rows_affected() == 1 {
-        insert_audit_event(
-            conn,
-            NewAuditEvent {
-                company_id,
-                actor_user_id: None,
-                action: "ticket.status_changed",
-                entity_type: "ticket",
-                entity_id: Some(ticket_id),
-                payload: json!({"from": TicketStatus::Pending, "to": status, "reason": reason}),
-            },
-        )
-        .await?;
-    }
-    Ok(status)
+    let settled = settle_tickets(conn, &[(company_id, ticket_id)]).await?;
+    Ok(settled
+        .get(&ticket_id)
+        .copied()
+        .unwrap_or(TicketStatus::Pending))
 }
 
-/// Actions of the company not yet finished: the fairness input for job priority.
+/// Actions of the company not yet finished: the fairness input for job
+/// priority. Counted up to [`BACKLOG_CAP`] only (every backlog above it gets
+/// the lowest priority anyway), so the count costs the same for a company
+/// with a million queued actions as for one with a thousand.
 ///
 /// # Errors
 /// Database failures.
 pub async fn company_backlog(conn: &mut PgConnection, company_id: Uuid) -> Result<i64, DbError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM ticket_actions WHERE company_id = $1 AND status IN ('PENDING', 'RUNNING')",
+    let backlogs = company_backlogs(conn, &[company_id]).await?;
+    Ok(backlogs.get(&company_id).copied().unwrap_or(0))
+}
+
+/// The largest backlog [`company_backlog`] counts; [`crate::jobs::fair_priority`]
+/// gives every backlog at or above it the lowest priority.
+pub const BACKLOG_CAP: i64 = 1000;
+
+/// [`company_backlog`] for several companies in one statement.
+///
+/// # Errors
+/// Database failures.
+pub async fn company_backlogs(
+    conn: &mut PgConnection,
+    company_ids: &[Uuid],
+) -> Result<HashMap<Uuid, i64>, DbError> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT c.id, (SELECT count(*) FROM (SELECT 1 FROM ticket_actions WHERE company_id = c.id AND status IN ('PENDING', 'RUNNING') LIMIT $2) AS capped)
+         FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS u(id)) AS c",
     )
-    .bind(company_id)
-    .fetch_one(conn)
-    .await?)
+    .bind(company_ids)
+    .bind(BACKLOG_CAP)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A claim made by [`claim_batch`]: attempt `attempt` of `action`, now RUNNING.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The action, now RUNNING.
+    pub action: TicketAction,
+    /// Its integration, `None` when the action names none.
+    pub integration: Option<Integration>,
+    /// The attempt number (fencing token for the outcome).
+    pub attempt: i32,
+}
+
+/// The common case of [`start_attempt`] for many jobs at once, in two
+/// statements: claims every job whose action is PENDING with attempts left,
+/// whose ticket is PENDING, and whose integration is absent or exists
+/// without limits. Returns the claims keyed by action id. Every other job
+/// (finished, cancelled, ticket closed, a crashed attempt left RUNNING,
+/// limits to apply, the integration deleted) is left untouched: pass it to
+/// [`start_attempt`], which handles each case. Call in a transaction from
+/// [`crate::db::begin_tenants`] naming every job's company; commit before
+/// running the providers.
+///
+/// # Errors
+/// Database failures.
+pub async fn claim_batch(
+    conn: &mut PgConnection,
+    jobs: &[ActionJob],
+) -> Result<HashMap<Uuid, Claimed>, DbError> {
+    if jobs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let action_ids: Vec<Uuid> = jobs.iter().map(|j| j.action_id).collect();
+    let company_ids: Vec<Uuid> = jobs.iter().map(|j| j.company_id).collect();
+    let returning = ACTION_COLUMNS
+        .split(", ")
+        .map(|c| format!("a.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Rows are locked in id order, so two batches never wait on each other
+    // in a cycle; the ticket is share-locked so an ADMIN cannot close it
+    // between this check and the commit.
+    let claimed: Vec<TicketAction> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH req AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS r(action_id, company_id)
+         ), cand AS (
+             SELECT a.id
+             FROM req
+             JOIN ticket_actions a ON a.id = req.action_id AND a.company_id = req.company_id
+             JOIN tickets t ON t.id = a.ticket_id AND t.company_id = a.company_id
+             LEFT JOIN integrations i ON i.id = a.integration_id AND i.company_id = a.company_id
+             WHERE a.status = 'PENDING' AND a.attempts < a.max_attempts AND t.status = 'PENDING'
+               AND (a.integration_id IS NULL OR (
+                   i.id IS NOT NULL
+                   AND coalesce(i.extra_json -> 'max_concurrency', 'null') IN ('null', '0')
+                   AND coalesce(i.extra_json -> 'rate_limit_per_sec', 'null') IN ('null', '0')))
+             ORDER BY a.id
+             FOR UPDATE OF a FOR SHARE OF t
+         )
+         UPDATE ticket_actions a
+         SET status = 'RUNNING', attempts = a.attempts + 1, attempt_started_at = clock_timestamp(),
+             started_at = coalesce(a.started_at, clock_timestamp()), next_attempt_at = NULL,
+             slot_wait_since = NULL, updated_at = now()
+         FROM cand
+         WHERE a.id = cand.id
+         RETURNING {returning}"
+    )))
+    .bind(&action_ids)
+    .bind(&company_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let integration_ids: Vec<Uuid> = claimed.iter().filter_map(|a| a.integration_id).collect();
+    let mut integrations: HashMap<Uuid, Integration> = HashMap::new();
+    if !integration_ids.is_empty() {
+        let rows: Vec<Integration> = sqlx::query_as(
+            "SELECT id, company_id, provider, name, mode, keyvault_secret_id, extra_json, created_at, updated_at FROM integrations WHERE id = ANY($1)",
+        )
+        .bind(&integration_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        integrations = rows.into_iter().map(|i| (i.id, i)).collect();
+    }
+    Ok(claimed
+        .into_iter()
+        .map(|action| {
+            let integration = action
+                .integration_id
+                .and_then(|id| integrations.get(&id))
+                .filter(|i| i.company_id == action.company_id)
+                .cloned();
+            let attempt = action.attempts;
+            (
+                action.id,
+                Claimed {
+                    action,
+                    integration,
+                    attempt,
+                },
+            )
+        })
+        .collect())
+}
+
+/// One attempt's outcome for [`record_batch`].
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    /// The action as claimed.
+    pub action: TicketAction,
+    /// The attempt number it was claimed with (the fence).
+    pub attempt: i32,
+    /// How the attempt ended.
+    pub outcome: Outcome,
+}
+
+/// [`record_outcome`] for many attempts in one transaction (group commit).
+/// Successes, the common case, are written set-based: one update of the
+/// actions (the same compare-and-set on RUNNING and the attempt), one insert
+/// of their audit rows, one query for the next actions and one push of their
+/// jobs, the slot wake-ups, and one settle of the finished tickets with their
+/// audit rows. Other outcomes go through [`record_outcome`] one by one in the
+/// same transaction. The results come back in the order of `items`. Call in
+/// a transaction from [`crate::db::begin_tenants`] naming every item's company.
+///
+/// # Errors
+/// Database failures (the caller's transaction then rolls back, and nothing
+/// of the batch is written).
+pub async fn record_batch(
+    conn: &mut PgConnection,
+    items: Vec<AttemptOutcome>,
+) -> Result<Vec<Recorded>, DbError> {
+    let mut results: Vec<Option<Recorded>> = vec![None; items.len()];
+    let mut successes: Vec<(usize, TicketAction, i32, serde_json::Value)> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item.outcome.storable() {
+            Outcome::Succeeded { result } => {
+                successes.push((index, item.action, item.attempt, result));
+            }
+            other => {
+                results[index] =
+                    Some(record_outcome(conn, &item.action, item.attempt, other).await?);
+            }
+        }
+    }
+    if !successes.is_empty() {
+        let written = record_successes(conn, &successes).await?;
+        for (index, action, _, _) in &successes {
+            results[*index] = Some(match written.get(&action.id) {
+                Some(status) => Recorded::Written(*status),
+                None => Recorded::Fenced,
+            });
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Recorded::Fenced))
+        .collect())
+}
+
+/// The set-based success path of [`record_batch`]; returns the ticket
+/// status of every action written (absent: fenced).
+async fn record_successes(
+    conn: &mut PgConnection,
+    successes: &[(usize, TicketAction, i32, serde_json::Value)],
+) -> Result<HashMap<Uuid, TicketStatus>, DbError> {
+    let ids: Vec<Uuid> = successes.iter().map(|s| s.1.id).collect();
+    let attempts: Vec<i32> = successes.iter().map(|s| s.2).collect();
+    let payloads: Vec<serde_json::Value> = successes.iter().map(|s| s.3.clone()).collect();
+    let written: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE ticket_actions a
+         SET status = 'SUCCEEDED', result = v.result, last_error = NULL, finished_at = now(), updated_at = now()
+         FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) AS v(id, attempt, result)
+         WHERE a.id = v.id AND a.status = 'RUNNING' AND a.attempts = v.attempt
+         RETURNING a.id",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&payloads)
+    .fetch_all(&mut *conn)
+    .await?;
+    let written: std::collections::HashSet<Uuid> = written.into_iter().collect();
+    let actions: Vec<(&TicketAction, i32)> = successes
+        .iter()
+        .filter(|s| written.contains(&s.1.id))
+        .map(|s| (&s.1, s.2))
+        .collect();
+    if actions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    insert_audit_events(
+        conn,
+        actions
+            .iter()
+            .map(|(a, attempt)| NewAuditEvent {
+                company_id: a.company_id,
+                actor_user_id: None,
+                action: "action.succeeded",
+                entity_type: "ticket_action",
+                entity_id: Some(a.id),
+                payload: json!({"ticket_id": a.ticket_id, "provider": a.provider, "action": a.action, "attempt": attempt}),
+            })
+            .collect(),
+    )
+    .await?;
+    // Chain: each ticket's next PENDING action in position order gets its job.
+    let tickets: Vec<Uuid> = actions.iter().map(|(a, _)| a.ticket_id).collect();
+    let companies: Vec<Uuid> = actions.iter().map(|(a, _)| a.company_id).collect();
+    let positions: Vec<i32> = actions.iter().map(|(a, _)| a.position).collect();
+    let next: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "SELECT DISTINCT ON (a.ticket_id) a.ticket_id, a.company_id, a.id
+         FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS v(ticket_id, company_id, position)
+         JOIN ticket_actions a ON a.ticket_id = v.ticket_id AND a.company_id = v.company_id AND a.position > v.position
+         WHERE a.status = 'PENDING'
+         ORDER BY a.ticket_id, a.position",
+    )
+    .bind(&tickets)
+    .bind(&companies)
+    .bind(&positions)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut continuing: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    if !next.is_empty() {
+        let next_companies: Vec<Uuid> = next.iter().map(|n| n.1).collect();
+        let backlogs = company_backlogs(conn, &next_companies).await?;
+        let jobs: Vec<crate::jobs::ActionEnqueue> = next
+            .iter()
+            .map(
+                |(ticket_id, company_id, action_id)| crate::jobs::ActionEnqueue {
+                    job: ActionJob {
+                        company_id: *company_id,
+                        ticket_id: *ticket_id,
+                        action_id: *action_id,
+                    },
+                    run_at: None,
+                    backlog: backlogs.get(company_id).copied().unwrap_or(0),
+                },
+            )
+            .collect();
+        crate::jobs::enqueue_actions(conn, &jobs).await?;
+        continuing = next.iter().map(|n| n.0).collect();
+    }
+    // The actions have left RUNNING: their slots are free for the next waiters.
+    let freed: Vec<(Uuid, Uuid)> = actions
+        .iter()
+        .filter_map(|(a, _)| a.integration_id.map(|i| (a.company_id, i)))
+        .collect();
+    limits::wake_slot_waiters(conn, &freed).await?;
+    let settle: Vec<(Uuid, Uuid)> = actions
+        .iter()
+        .filter(|(a, _)| !continuing.contains(&a.ticket_id))
+        .map(|(a, _)| (a.company_id, a.ticket_id))
+        .collect();
+    let settled = settle_tickets(conn, &settle).await?;
+    Ok(actions
+        .iter()
+        .map(|(a, _)| {
+            (
+                a.id,
+                settled
+                    .get(&a.ticket_id)
+                    .copied()
+                    .unwrap_or(TicketStatus::Pending),
+            )
+        })
+        .collect())
+}
+
+/// [`settle_ticket`] for many `(company, ticket)` pairs: one read of their
+/// actions, one update of the tickets that reach a terminal status, one
+/// insert of their audit rows. Returns each ticket's derived status.
+///
+/// # Errors
+/// Database failures.
+pub async fn settle_tickets(
+    conn: &mut PgConnection,
+    tickets: &[(Uuid, Uuid)],
+) -> Result<HashMap<Uuid, TicketStatus>, DbError> {
+    if tickets.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (companies, ticket_ids): (Vec<Uuid>, Vec<Uuid>) = tickets.iter().copied().unzip();
+    let rows: Vec<(Uuid, Uuid, ActionStatus, Option<String>)> = sqlx::query_as(
+        "SELECT a.ticket_id, a.company_id, a.status, a.last_error
+         FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[]) AS v(company_id, ticket_id)) v
+         JOIN ticket_actions a ON a.ticket_id = v.ticket_id AND a.company_id = v.company_id
+         ORDER BY a.ticket_id, a.position",
+    )
+    .bind(&companies)
+    .bind(&ticket_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    // Rows come ordered by ticket: one run of rows per ticket.
+    let mut statuses = HashMap::new();
+    let (mut ids, mut owners, mut new_statuses, mut reasons) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in rows.chunk_by(|x, y| x.0 == y.0) {
+        let (ticket_id, company_id) = (run[0].0, run[0].1);
+        let view: Vec<(ActionStatus, Option<&str>)> =
+            run.iter().map(|r| (r.2, r.3.as_deref())).collect();
+        let (status, reason) = derive_ticket_status(&view);
+        statuses.insert(ticket_id, status);
+        if status.is_terminal() {
+            ids.push(ticket_id);
+            owners.push(company_id);
+            new_statuses.push(status.as_str());
+            reasons.push(reason);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(statuses);
+    }
+    // Only the first transition to a terminal status writes (one outcome per ticket).
+    let moved: Vec<(Uuid, Uuid, TicketStatus, Option<String>)> = sqlx::query_as(
+        "UPDATE tickets t
+         SET status = v.status, status_reason = v.reason, executed_at = now(), updated_at = now()
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS v(id, company_id, status, reason)
+         WHERE t.id = v.id AND t.company_id = v.company_id AND t.status = 'PENDING'
+         RETURNING t.id, t.company_id, t.status, t.status_reason",
+    )
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&new_statuses)
+    .bind(&reasons)
+    .fetch_all(&mut *conn)
+    .await?;
+    insert_audit_events(
+        conn,
+        moved
+            .iter()
+            .map(|(ticket_id, company_id, status, reason)| NewAuditEvent {
+                company_id: *company_id,
+                actor_user_id: None,
+                action: "ticket.status_changed",
+                entity_type: "ticket",
+                entity_id: Some(*ticket_id),
+                payload: json!({"from": TicketStatus::Pending, "to": status, "reason": reason}),
+            })
+            .collect(),
+    )
+    .await?;
+    Ok(statuses)
 }
 
 #[cfg(test)]

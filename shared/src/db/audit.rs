@@ -46,6 +46,51 @@ pub async fn insert_audit_event(
     Ok(())
 }
 
+/// Appends many audit rows with one insert.
+///
+/// # Errors
+/// When the insert fails.
+pub async fn insert_audit_events(
+    conn: &mut PgConnection,
+    events: Vec<NewAuditEvent<'_>>,
+) -> Result<(), DbError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len();
+    let (mut companies, mut actors, mut verbs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut types, mut entities, mut payloads) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for event in events {
+        companies.push(event.company_id);
+        actors.push(event.actor_user_id);
+        verbs.push(event.action);
+        types.push(event.entity_type);
+        entities.push(event.entity_id);
+        payloads.push(event.payload);
+    }
+    sqlx::query(
+        "INSERT INTO audit_logs (company_id, actor_user_id, action, entity_type, entity_id, payload)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::jsonb[])",
+    )
+    .bind(&companies)
+    .bind(&actors)
+    .bind(&verbs)
+    .bind(&types)
+    .bind(&entities)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Filters for [`list_audit_events`].
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {

@@ -205,34 +205,55 @@ pub async fn wake_slot_waiter(
     company_id: Uuid,
     integration_id: Uuid,
 ) -> Result<bool, DbError> {
-    let woken: Option<(String, String)> = sqlx::query_as(
+    Ok(wake_slot_waiters(conn, &[(company_id, integration_id)]).await? > 0)
+}
+
+/// [`wake_slot_waiter`] for many `(company, integration)` pairs with two
+/// statements in all; returns how many waiters were woken.
+///
+/// # Errors
+/// Database failures.
+pub async fn wake_slot_waiters(
+    conn: &mut PgConnection,
+    integrations: &[(Uuid, Uuid)],
+) -> Result<usize, DbError> {
+    if integrations.is_empty() {
+        return Ok(0);
+    }
+    let (companies, ids): (Vec<Uuid>, Vec<Uuid>) = integrations.iter().copied().unzip();
+    let woken: Vec<(String, String)> = sqlx::query_as(
         "WITH waiter AS (
-             SELECT job_id FROM ticket_actions
-             WHERE company_id = $1 AND integration_id = $2 AND status = 'PENDING'
-               AND slot_wait_since IS NOT NULL AND job_id IS NOT NULL
-             ORDER BY slot_wait_since
-             LIMIT 1
+             SELECT w.job_id
+             FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[]) AS v(company_id, integration_id)) v
+             CROSS JOIN LATERAL (
+                 SELECT job_id FROM ticket_actions
+                 WHERE company_id = v.company_id AND integration_id = v.integration_id AND status = 'PENDING'
+                   AND slot_wait_since IS NOT NULL AND job_id IS NOT NULL
+                 ORDER BY slot_wait_since
+                 LIMIT 1
+             ) w
          )
          UPDATE apalis.jobs j SET run_at = now()
          FROM waiter
          WHERE j.id = waiter.job_id AND j.status = 'Pending' AND j.run_at > now()
          RETURNING j.id, j.job_type",
     )
-    .bind(company_id)
-    .bind(integration_id)
-    .fetch_optional(&mut *conn)
+    .bind(&companies)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some((job_id, job_type)) = woken else {
-        return Ok(false);
-    };
+    if woken.is_empty() {
+        return Ok(0);
+    }
+    let (job_ids, job_types): (Vec<String>, Vec<String>) = woken.into_iter().unzip();
     // The notification apalis-postgres's own insert trigger sends: the
     // workers' listeners fetch at once (delivered at commit).
-    sqlx::query("SELECT pg_notify('apalis::job::insert', json_build_object('job_type', $1::text, 'id', $2::text)::text)")
-        .bind(job_type)
-        .bind(job_id)
+    sqlx::query("SELECT pg_notify('apalis::job::insert', json_build_object('job_type', t, 'id', i)::text) FROM unnest($1::text[], $2::text[]) AS x(t, i)")
+        .bind(&job_types)
+        .bind(&job_ids)
         .execute(conn)
         .await?;
-    Ok(true)
+    Ok(job_ids.len())
 }
 
 /// Actions of the integration already told to wait (PENDING with a later

@@ -1,0 +1,299 @@
+//! The worker's group commit against a real Postgres: one transaction
+//! claims, and one records, the attempts of many jobs of several companies,
+//! with the same rules as the one-by-one path (fencing, chaining, the derived
+//! ticket status, audit rows), and leaves every case it does not handle to it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test on setup errors"
+)]
+
+use serde_json::json;
+use shared::{
+    db::{
+        self,
+        actions::{AttemptOutcome, Outcome, Recorded},
+    },
+    domain::TicketStatus,
+    jobs::ActionJob,
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A company with one integration (`settings`); returns (company, integration).
+async fn company(pool: &PgPool, name: &str, settings: serde_json::Value) -> (Uuid, Uuid) {
+    let company: Uuid = sqlx::query_scalar("INSERT INTO companies (name) VALUES ($1) RETURNING id")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let integration: Uuid = sqlx::query_scalar(
+        "INSERT INTO integrations (company_id, provider, name, extra_json) VALUES ($1, 'PALO_ALTO', 'fw', $2) RETURNING id",
+    )
+    .bind(company)
+    .bind(settings)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (company, integration)
+}
+
+/// A ticket with `n` actions on `integration`; returns its jobs in position order.
+async fn ticket(pool: &PgPool, company: Uuid, integration: Uuid, n: usize) -> Vec<ActionJob> {
+    let ticket: Uuid = sqlx::query_scalar(
+        "INSERT INTO tickets (company_id, subject) VALUES ($1, 's') RETURNING id",
+    )
+    .bind(company)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let mut jobs = Vec::new();
+    for position in 0..n {
+        let action_id: Uuid = sqlx::query_scalar(
+            "INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action, params) VALUES ($1, $2, $3, $4, 'PALO_ALTO', 'block_ip', '{\"ip\": \"198.51.100.1\"}') RETURNING id",
+        )
+        .bind(company)
+        .bind(ticket)
+        .bind(i32::try_from(position).unwrap())
+        .bind(integration)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        jobs.push(ActionJob {
+            company_id: company,
+            ticket_id: ticket,
+            action_id,
+        });
+    }
+    jobs
+}
+
+async fn claim_batch(
+    pool: &PgPool,
+    jobs: &[ActionJob],
+) -> std::collections::HashMap<Uuid, db::actions::Claimed> {
+    let mut companies: Vec<Uuid> = jobs.iter().map(|j| j.company_id).collect();
+    companies.sort();
+    companies.dedup();
+    let mut tx = db::begin_tenants(pool, &companies).await.unwrap();
+    let claimed = db::actions::claim_batch(&mut tx, jobs).await.unwrap();
+    tx.commit().await.unwrap();
+    claimed
+}
+
+async fn status_of(pool: &PgPool, table: &str, id: Uuid) -> String {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT status FROM {table} WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn audit_count(pool: &PgPool, action: &str, entity: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_logs WHERE action = $1 AND entity_id = $2")
+        .bind(action)
+        .bind(entity)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn one_batch_claims_the_plain_cases_of_several_companies_and_leaves_the_rest(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (a, a_fw) = company(&pool, "alpha", json!({})).await;
+    let (b, b_fw) = company(&pool, "bravo", json!({"rate_limit_per_sec": 0})).await;
+    let (_, limited) = company(&pool, "charlie", json!({"max_concurrency": 2})).await;
+    let plain_a = ticket(&pool, a, a_fw, 1).await.remove(0);
+    let plain_b = ticket(&pool, b, b_fw, 1).await.remove(0);
+    let limited_job = {
+        let c: Uuid = sqlx::query_scalar("SELECT company_id FROM integrations WHERE id = $1")
+            .bind(limited)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        ticket(&pool, c, limited, 1).await.remove(0)
+    };
+    let closed = ticket(&pool, a, a_fw, 1).await.remove(0);
+    sqlx::query("UPDATE tickets SET status = 'DERIVED' WHERE id = $1")
+        .bind(closed.ticket_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let crashed = ticket(&pool, a, a_fw, 1).await.remove(0);
+    sqlx::query("UPDATE ticket_actions SET status = 'RUNNING', attempts = 1 WHERE id = $1")
+        .bind(crashed.action_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A job naming the wrong company claims nothing.
+    let mismatched = ActionJob {
+        company_id: b,
+        ..ticket(&pool, a, a_fw, 1).await.remove(0)
+    };
+
+    let jobs = vec![
+        plain_a.clone(),
+        plain_b.clone(),
+        limited_job.clone(),
+        closed.clone(),
+        crashed.clone(),
+        mismatched.clone(),
+    ];
+    let claimed = claim_batch(&pool, &jobs).await;
+    let mut ids: Vec<Uuid> = claimed.keys().copied().collect();
+    ids.sort();
+    let mut expected = vec![plain_a.action_id, plain_b.action_id];
+    expected.sort();
+    assert_eq!(ids, expected, "only the plain cases are claimed");
+    let first = &claimed[&plain_a.action_id];
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.action.attempts, 1);
+    assert_eq!(first.integration.as_ref().map(|i| i.id), Some(a_fw));
+    assert_eq!(
+        status_of(&pool, "ticket_actions", plain_b.action_id).await,
+        "RUNNING"
+    );
+    for (job, status) in [
+        (&limited_job, "PENDING"),
+        (&closed, "PENDING"),
+        (&crashed, "RUNNING"),
+        (&mismatched, "PENDING"),
+    ] {
+        assert_eq!(
+            status_of(&pool, "ticket_actions", job.action_id).await,
+            status,
+            "left for the one-by-one path untouched"
+        );
+    }
+    // Claimed once: a second batch with the same jobs claims nothing.
+    assert!(claim_batch(&pool, &jobs).await.is_empty());
+}
+
+#[sqlx::test(migrations = false)]
+async fn one_batch_records_outcomes_like_the_one_by_one_path(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (a, a_fw) = company(&pool, "alpha", json!({})).await;
+    let (b, b_fw) = company(&pool, "bravo", json!({})).await;
+    let single = ticket(&pool, a, a_fw, 1).await.remove(0);
+    let chained = ticket(&pool, b, b_fw, 2).await;
+    let failing = ticket(&pool, a, a_fw, 2).await;
+    let fenced = ticket(&pool, b, b_fw, 1).await.remove(0);
+    let claimed = claim_batch(
+        &pool,
+        &[
+            single.clone(),
+            chained[0].clone(),
+            failing[0].clone(),
+            fenced.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(claimed.len(), 4);
+    let item = |job: &ActionJob, attempt_shift: i32, outcome: Outcome| {
+        let claim = &claimed[&job.action_id];
+        AttemptOutcome {
+            action: claim.action.clone(),
+            attempt: claim.attempt + attempt_shift,
+            outcome,
+        }
+    };
+    let ok = || Outcome::Succeeded {
+        result: json!({"tagged": true, "note": "nul\u{0}byte"}),
+    };
+    let items = vec![
+        item(&single, 0, ok()),
+        item(&chained[0], 0, ok()),
+        item(
+            &failing[0],
+            0,
+            Outcome::Failed {
+                error: "PAN-OS refused the tag".into(),
+            },
+        ),
+        // Another worker owns attempt 1 now: this outcome must not land.
+        item(&fenced, 1, ok()),
+    ];
+    let mut tx = db::begin_tenants(&pool, &[a, b]).await.unwrap();
+    let recorded = db::actions::record_batch(&mut tx, items).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            Recorded::Written(TicketStatus::Executed),
+            Recorded::Written(TicketStatus::Pending),
+            Recorded::Written(TicketStatus::Failed),
+            Recorded::Fenced,
+        ]
+    );
+
+    // One action, succeeded: the ticket is EXECUTED with its time and audit rows.
+    assert_eq!(
+        status_of(&pool, "ticket_actions", single.action_id).await,
+        "SUCCEEDED"
+    );
+    assert_eq!(
+        status_of(&pool, "tickets", single.ticket_id).await,
+        "EXECUTED"
+    );
+    let (executed_at, result): (Option<chrono::DateTime<chrono::Utc>>, serde_json::Value) =
+        sqlx::query_as("SELECT t.executed_at, a.result FROM tickets t JOIN ticket_actions a ON a.ticket_id = t.id WHERE a.id = $1")
+            .bind(single.action_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(executed_at.is_some());
+    assert_eq!(result, json!({"tagged": true, "note": "nul\u{FFFD}byte"}));
+    assert_eq!(
+        audit_count(&pool, "action.succeeded", single.action_id).await,
+        1
+    );
+    assert_eq!(
+        audit_count(&pool, "ticket.status_changed", single.ticket_id).await,
+        1
+    );
+
+    // Two actions: the first succeeded, the second now has its job; the ticket waits.
+    assert_eq!(
+        status_of(&pool, "tickets", chained[0].ticket_id).await,
+        "PENDING"
+    );
+    let next_job: Option<String> =
+        sqlx::query_scalar("SELECT a.job_id FROM ticket_actions a JOIN apalis.jobs j ON j.id = a.job_id WHERE a.id = $1 AND j.status = 'Pending'")
+            .bind(chained[1].action_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert!(next_job.is_some(), "the next action was enqueued");
+    assert_eq!(
+        audit_count(&pool, "ticket.status_changed", chained[0].ticket_id).await,
+        0
+    );
+
+    // Failed: the rest of its ticket is cancelled, the ticket FAILED.
+    assert_eq!(
+        status_of(&pool, "ticket_actions", failing[1].action_id).await,
+        "CANCELLED"
+    );
+    assert_eq!(
+        status_of(&pool, "tickets", failing[0].ticket_id).await,
+        "FAILED"
+    );
+
+    // Fenced: still RUNNING under attempt 1, nothing audited.
+    assert_eq!(
+        status_of(&pool, "ticket_actions", fenced.action_id).await,
+        "RUNNING"
+    );
+    assert_eq!(
+        audit_count(&pool, "action.succeeded", fenced.action_id).await,
+        0
+    );
+    assert_eq!(
+        status_of(&pool, "tickets", fenced.ticket_id).await,
+        "PENDING"
+    );
+}
