@@ -6,7 +6,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -19,6 +19,8 @@ use uuid::Uuid;
 /// A company's ADMIN token and its simulated firewall integration.
 #[derive(Debug, Clone)]
 pub struct Tenant {
+    /// The ADMIN's username (password [`PASSWORD`]).
+    pub username: String,
     /// Access token.
     pub token: String,
     /// The integration every ticket's action uses.
@@ -38,10 +40,16 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-const PASSWORD: &str = "correct horse battery staple";
+/// Every seeded user's password.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Registrations in flight at once: each hashes a password (argon2id, which
+/// the api bounds to one per CPU), so more only queue inside the api and
+/// run into the client's timeout when a thousand companies are seeded.
+const SEED_CONCURRENCY: usize = 16;
 
 /// Registers `n` companies (each with an ADMIN) and gives each a simulated
-/// PAN-OS integration.
+/// PAN-OS integration, [`SEED_CONCURRENCY`] at a time.
 ///
 /// # Errors
 /// Any answer other than 201.
@@ -52,10 +60,13 @@ pub async fn seed_tenants(
     simulated_latency_ms: u32,
 ) -> anyhow::Result<Vec<Tenant>> {
     let run = ulid::Ulid::generate().to_string().to_lowercase();
+    let permits = Arc::new(tokio::sync::Semaphore::new(SEED_CONCURRENCY));
     let mut set = JoinSet::new();
     for i in 0..n {
-        let (client, api, run) = (client.clone(), api.to_owned(), run.clone());
+        let (client, api, run, permits) =
+            (client.clone(), api.to_owned(), run.clone(), permits.clone());
         set.spawn(async move {
+            let _permit = permits.acquire_owned().await?;
             let username = format!("bench-{run}-{i}");
             let body: Value = expect_created(
                 client
@@ -87,6 +98,7 @@ pub async fn seed_tenants(
                 .context("integration: no id")?
                 .to_owned();
             anyhow::Ok(Tenant {
+                username,
                 token,
                 integration_id,
             })
@@ -122,6 +134,8 @@ pub enum Request {
 pub struct Sample {
     /// Milliseconds from the intended send time to the full response.
     pub latency_ms: f64,
+    /// Seconds from the start of the run to the intended send time.
+    pub sent_at_s: f64,
     /// Seconds from the start of the run to the response.
     pub done_at_s: f64,
     /// 2xx.
@@ -139,6 +153,8 @@ pub struct Run {
     pub shed: usize,
     /// The generator's own worst lateness sending (ms): a sanity check.
     pub max_send_lag_ms: f64,
+    /// When the run started (`sent_at_s` and `done_at_s` count from it).
+    pub started: Option<tokio::time::Instant>,
 }
 
 impl Run {
@@ -214,6 +230,33 @@ pub async fn open_loop(
     duration: Duration,
     max_in_flight: usize,
 ) -> Run {
+    let never = AtomicBool::new(false);
+    open_loop_until(
+        client,
+        api,
+        tenants,
+        request,
+        rate,
+        duration,
+        max_in_flight,
+        &never,
+    )
+    .await
+}
+
+/// [`open_loop`] that also stops sending once `stop` is set (then waits for
+/// the answers still due).
+#[expect(clippy::too_many_arguments, reason = "open_loop's inputs and a flag")]
+pub async fn open_loop_until(
+    client: &reqwest::Client,
+    api: &str,
+    tenants: &[Tenant],
+    request: Request,
+    rate: f64,
+    duration: Duration,
+    max_in_flight: usize,
+    stop: &AtomicBool,
+) -> Run {
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
@@ -223,11 +266,18 @@ pub async fn open_loop(
     let start = tokio::time::Instant::now();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
-    let mut run = Run::default();
+    let mut run = Run {
+        started: Some(start),
+        ..Run::default()
+    };
     for i in 0..total {
         #[expect(clippy::cast_precision_loss, reason = "a request index")]
-        let intended = start + Duration::from_secs_f64(i as f64 / rate);
+        let sent_at_s = i as f64 / rate;
+        let intended = start + Duration::from_secs_f64(sent_at_s);
         tokio::time::sleep_until(intended).await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let lag = tokio::time::Instant::now().saturating_duration_since(intended);
         run.max_send_lag_ms = run.max_send_lag_ms.max(lag.as_secs_f64() * 1e3);
         if in_flight.load(Ordering::Relaxed) >= max_in_flight {
@@ -247,6 +297,7 @@ pub async fn open_loop(
             in_flight.fetch_sub(1, Ordering::Relaxed);
             Sample {
                 latency_ms: now.saturating_duration_since(intended).as_secs_f64() * 1e3,
+                sent_at_s,
                 done_at_s: now.saturating_duration_since(start).as_secs_f64(),
                 ok,
                 ticket_id,
@@ -307,4 +358,58 @@ pub async fn closed_loop_create(
     }
     while set.join_next().await.is_some() {}
     (ok.load(Ordering::Relaxed), started.elapsed())
+}
+
+/// One login of a burst.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Milliseconds from the burst's start (every login's intended send
+    /// time) to the full response.
+    pub latency_ms: f64,
+    /// The HTTP status; `None` when the request failed without one.
+    pub status: Option<u16>,
+}
+
+/// Sends `n` `POST /api/auth/login` at once, round-robin over the tenants'
+/// ADMINs (right passwords), and waits for every answer.
+pub async fn login_burst(
+    client: &reqwest::Client,
+    api: &str,
+    tenants: &[Tenant],
+    n: usize,
+) -> Vec<Login> {
+    let start = tokio::time::Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let Some(tenant) = tenants.get(i % tenants.len().max(1)) else {
+            break;
+        };
+        let (client, api, username) = (client.clone(), api.to_owned(), tenant.username.clone());
+        set.spawn(async move {
+            let response = client
+                .post(format!("{api}/api/auth/login"))
+                .json(&json!({"username": username, "password": PASSWORD}))
+                .send()
+                .await;
+            let status = match response {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    // The full body, as a client waits for it.
+                    r.bytes().await.ok().map(|_| status)
+                }
+                Err(_) => None,
+            };
+            Login {
+                latency_ms: start.elapsed().as_secs_f64() * 1e3,
+                status,
+            }
+        });
+    }
+    let mut logins = Vec::with_capacity(n);
+    while let Some(login) = set.join_next().await {
+        if let Ok(login) = login {
+            logins.push(login);
+        }
+    }
+    logins
 }

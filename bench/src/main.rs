@@ -11,14 +11,20 @@
 //!    integrations are simulated, under an open-loop load generator:
 //!    a sweep of fixed offered POST rates (with a GET stream alongside),
 //!    end-to-end saturation with 1, 2, 4 worker processes, a step at half
-//!    saturation, and a drain of N pre-queued tickets.
+//!    saturation, and a drain of N pre-queued tickets;
+//! 4. the api's and the workers' memory at rest, a burst of concurrent
+//!    logins under a steady `GET /api/tickets` stream, and growth: the
+//!    saturation, half-saturation and drain figures again with a large
+//!    history seeded into the tables, then with many more companies.
 //!
 //! It writes `results.json` and `report.md` to `--out-dir` and the two SVG
 //! charts to `--plot-dir`. `scripts/bench.sh` builds and runs it.
 
+mod history;
 mod load;
 mod noop;
 mod pgbench;
+mod phases;
 mod plot;
 mod probe;
 mod procfs;
@@ -109,6 +115,31 @@ struct Cli {
     /// No-op jobs of the bare apalis drain (0 skips it).
     #[arg(long)]
     noop_jobs: Option<u64>,
+    /// Growth: finished jobs (tickets with their action, queue job and
+    /// audit rows) seeded before the growth runs (0 with --pending-jobs 0
+    /// skips the history run).
+    #[arg(long)]
+    history_jobs: Option<u64>,
+    /// Growth: pending queue jobs, due a day later, seeded with the history.
+    #[arg(long)]
+    pending_jobs: Option<u64>,
+    /// Growth: companies of the last growth run, registered through the api
+    /// (0, or no more than --companies, skips it).
+    #[arg(long)]
+    growth_companies: Option<usize>,
+    /// Growth: tickets of each growth run's drain (default --drain-tickets;
+    /// 0 skips those drains).
+    #[arg(long)]
+    growth_drain_tickets: Option<usize>,
+    /// Concurrent `POST /api/auth/login` of the login burst (0 skips it).
+    #[arg(long)]
+    login_burst: Option<usize>,
+    /// Offered rate of the `GET /api/tickets` stream around the login burst.
+    #[arg(long, default_value_t = 50.0)]
+    burst_get_rate: f64,
+    /// Seconds at rest before the idle memory is read.
+    #[arg(long)]
+    idle_secs: Option<f64>,
     /// Extra `KEY=VALUE` environment for the api and the workers.
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -134,6 +165,14 @@ struct Plan {
     pgbench_clients: usize,
     pgbench_secs: u64,
     noop_jobs: u64,
+    history_jobs: u64,
+    pending_jobs: u64,
+    growth_companies: usize,
+    growth_drain_tickets: usize,
+    login_burst: usize,
+    /// GETs alone before the login burst.
+    burst_lead: Duration,
+    idle: Duration,
 }
 
 impl Plan {
@@ -174,6 +213,22 @@ impl Plan {
             pgbench_clients: cli.pgbench_clients.unwrap_or(if smoke { 2 } else { 8 }),
             pgbench_secs: cli.pgbench_secs.unwrap_or(if smoke { 2 } else { 20 }),
             noop_jobs: cli.noop_jobs.unwrap_or(if smoke { 500 } else { 50_000 }),
+            history_jobs: cli
+                .history_jobs
+                .unwrap_or(if smoke { 20_000 } else { 1_000_000 }),
+            pending_jobs: cli
+                .pending_jobs
+                .unwrap_or(if smoke { 2_000 } else { 100_000 }),
+            growth_companies: cli
+                .growth_companies
+                .unwrap_or(if smoke { 50 } else { 1_000 }),
+            growth_drain_tickets: cli
+                .growth_drain_tickets
+                .or(cli.drain_tickets)
+                .unwrap_or(if smoke { 200 } else { 50_000 }),
+            login_burst: cli.login_burst.unwrap_or(50),
+            burst_lead: secs(None, 10.0, 2.0),
+            idle: secs(cli.idle_secs, 5.0, 2.0),
         }
     }
 }
@@ -328,6 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &mut system,
         &client,
         &bench_db,
+        &bench_url,
         server.stat_statements,
     )
     .await;
@@ -357,6 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             step_secs: plan.step.as_secs_f64(),
             saturation_secs: plan.saturation.as_secs_f64(),
             get_rate: cli.get_rate,
+            burst_get_rate: cli.burst_get_rate,
         },
         pgbench: pgbench_runs,
         noop,
@@ -364,10 +421,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         saturation: measured.saturation,
         half: measured.half,
         drain: measured.drain,
+        idle: measured.idle,
+        login_burst: measured.login_burst,
+        growth: measured.growth,
         statements: measured.statements,
         not_executed: probe::not_executed(&bench_db).await?,
+        errors: measured.errors,
     };
     write_outputs(&results, &out_dir, &plot_dir)?;
+    // The figures are written either way; a phase that failed still fails the run.
+    if !results.errors.is_empty() {
+        anyhow::bail!("{}", results.errors.join("; "));
+    }
     Ok(())
 }
 
@@ -403,18 +468,30 @@ struct Measured {
     saturation: Vec<Saturation>,
     half: Option<Step>,
     drain: Option<Drain>,
+    idle: Option<report::Idle>,
+    login_burst: Option<report::LoginBurst>,
+    growth: Option<report::Growth>,
     statements: Vec<(String, Vec<probe::Statement>)>,
+    /// Phases after the main figures that failed (the run still reports).
+    errors: Vec<String>,
 }
 
+#[expect(clippy::too_many_lines, reason = "the phases in order")]
 async fn measure(
     plan: &Plan,
     cli: &Cli,
     system: &mut System,
     client: &reqwest::Client,
     db: &PgPool,
+    db_url: &str,
     stat_statements: bool,
 ) -> anyhow::Result<Measured> {
     let api = system.api_url.clone();
+    // The api's memory before any request but /ready.
+    let api_at_start = system
+        .procs()
+        .find(|p| p.name == "api")
+        .and_then(|p| procfs::rss_mib(p.pid()));
     let tenants =
         load::seed_tenants(client, &api, plan.companies, cli.simulated_latency_ms).await?;
     say(format!("{} companies registered", tenants.len()));
@@ -523,58 +600,77 @@ async fn measure(
         None
     };
 
-    // Drain of pre-queued tickets.
+    // Drain of pre-queued tickets; its workers stay for the idle reading.
     let drain = if plan.drain_tickets > 0 {
-        say(format!(
-            "queueing {} tickets with no worker running",
-            plan.drain_tickets
-        ));
-        let (queued, took) =
-            load::closed_loop_create(client, &api, &tenants, plan.drain_tickets, 32).await;
-        anyhow::ensure!(
-            queued == plan.drain_tickets,
-            "only {queued} of {} tickets were created",
-            plan.drain_tickets
-        );
-        if stat_statements {
-            probe::reset_statements(db).await?;
-        }
-        let t0 = probe::db_now(db).await?;
-        system.start_workers(plan.drain_workers)?;
-        let _sampler = system.sample_connections();
-        let mark = system.mark();
-        // The drain's end is read from the tickets' own executed_at: a
-        // coarse poll costs the measurement nothing.
-        let left = probe::wait_drained(db, drain_timeout, Duration::from_secs(2)).await?;
-        let usage = system.usage_since(&mark);
-        system.check_alive()?;
-        anyhow::ensure!(
-            left == 0,
-            "{left} tickets still PENDING after the drain timeout"
-        );
-        let t1 = probe::last_executed(db).await?.unwrap_or(t0);
-        let seconds = ((t1 - t0).num_microseconds().unwrap_or(0) as f64 / 1e6).max(1e-3);
-        #[expect(clippy::cast_precision_loss, reason = "ticket counts")]
-        let d = Drain {
-            tickets: queued,
-            workers: plan.drain_workers,
-            enqueue_rate: queued as f64 / took.as_secs_f64().max(1e-9),
-            actions_per_sec: queued as f64 / seconds,
-            seconds,
-            usage,
-        };
-        say(format!(
-            "drain: {:.0} actions/s ({} tickets, {} workers, {:.1} s)",
-            d.actions_per_sec, d.tickets, d.workers, d.seconds
-        ));
-        if stat_statements {
-            statements.push((
-                format!("drain with {} workers", plan.drain_workers),
-                probe::top_statements(db, 15).await?,
-            ));
-        }
-        system.stop_workers().await;
+        let (d, top) = run_drain(
+            system,
+            client,
+            db,
+            &tenants,
+            plan.drain_tickets,
+            plan.drain_workers,
+            drain_timeout,
+            stat_statements,
+        )
+        .await?;
+        statements.extend(top.map(|t| (format!("drain with {} workers", d.workers), t)));
         Some(d)
+    } else {
+        None
+    };
+
+    let mut errors = Vec::new();
+    say(format!(
+        "idle: {:.0} s at rest, then the memory of every process",
+        plan.idle.as_secs_f64()
+    ));
+    let idle = phases::idle(system, plan.idle, api_at_start)
+        .await
+        .map_err(|e| errors.push(format!("idle memory: {e:#}")))
+        .ok();
+    system.stop_workers().await;
+
+    let login_burst = if plan.login_burst > 0 {
+        let burst = phases::login_burst(
+            system,
+            client,
+            &tenants,
+            plan.login_burst,
+            cli.burst_get_rate,
+            plan.burst_lead,
+        )
+        .await
+        .map_err(|e| errors.push(format!("login burst: {e:#}")))
+        .ok();
+        system.stop_workers().await;
+        burst
+    } else {
+        None
+    };
+
+    let ctx = phases::Ctx {
+        plan,
+        cli,
+        client,
+        db,
+        db_url,
+        stat_statements,
+        drain_timeout,
+    };
+    let growth = if plan.history_jobs > 0
+        || plan.pending_jobs > 0
+        || plan.growth_companies > tenants.len()
+    {
+        let baseline = phases::Baseline {
+            saturation: &saturation,
+            half: half.as_ref(),
+        };
+        let (growth, top) = phases::growth(&ctx, system, &tenants, &baseline).await;
+        statements.extend(top);
+        if let Some(e) = &growth.error {
+            errors.push(format!("growth: {e}"));
+        }
+        Some(growth)
     } else {
         None
     };
@@ -583,8 +679,72 @@ async fn measure(
         saturation,
         half,
         drain,
+        idle,
+        login_burst,
+        growth,
         statements,
+        errors,
     })
+}
+
+/// Queues `tickets` tickets with no worker running, starts `workers`
+/// workers and measures how fast they drain the queue. The workers are left
+/// running. Returns the top statements of the drain too, when available.
+#[expect(clippy::too_many_arguments, reason = "one drain's inputs")]
+async fn run_drain(
+    system: &mut System,
+    client: &reqwest::Client,
+    db: &PgPool,
+    tenants: &[Tenant],
+    tickets: usize,
+    workers: usize,
+    drain_timeout: Duration,
+    stat_statements: bool,
+) -> anyhow::Result<(Drain, Option<Vec<probe::Statement>>)> {
+    let api = system.api_url.clone();
+    say(format!("queueing {tickets} tickets with no worker running"));
+    let (queued, took) = load::closed_loop_create(client, &api, tenants, tickets, 32).await;
+    anyhow::ensure!(
+        queued == tickets,
+        "only {queued} of {tickets} tickets were created"
+    );
+    if stat_statements {
+        probe::reset_statements(db).await?;
+    }
+    let t0 = probe::db_now(db).await?;
+    system.start_workers(workers)?;
+    let _sampler = system.sample_connections();
+    let mark = system.mark();
+    // The drain's end is read from the tickets' own executed_at: a
+    // coarse poll costs the measurement nothing.
+    let left = probe::wait_drained(db, drain_timeout, Duration::from_secs(2)).await?;
+    let usage = system.usage_since(&mark);
+    system.check_alive()?;
+    anyhow::ensure!(
+        left == 0,
+        "{left} tickets still PENDING after the drain timeout"
+    );
+    let t1 = probe::last_executed(db).await?.unwrap_or(t0);
+    let seconds = ((t1 - t0).num_microseconds().unwrap_or(0) as f64 / 1e6).max(1e-3);
+    #[expect(clippy::cast_precision_loss, reason = "ticket counts")]
+    let d = Drain {
+        tickets: queued,
+        workers,
+        enqueue_rate: queued as f64 / took.as_secs_f64().max(1e-9),
+        actions_per_sec: queued as f64 / seconds,
+        seconds,
+        usage,
+    };
+    say(format!(
+        "drain: {:.0} actions/s ({} tickets, {} workers, {:.1} s)",
+        d.actions_per_sec, d.tickets, d.workers, d.seconds
+    ));
+    let top = if stat_statements {
+        Some(probe::top_statements(db, 15).await?)
+    } else {
+        None
+    };
+    Ok((d, top))
 }
 
 /// One open-loop step with the workers already running: POSTs at `rate`,
@@ -635,8 +795,10 @@ async fn run_step(
     let to = probe::db_now(db).await?;
     let usage = system.usage_since(&mark);
     system.check_alive()?;
-    let executed_in_step = probe::executed_between(db, from, to).await?;
+    // Drain first: the count below reads every ticket (history too), and
+    // must not delay the step's last tickets on their way to EXECUTED.
     probe::wait_drained(db, drain_timeout, Duration::from_millis(250)).await?;
+    let executed_in_step = probe::executed_between(db, from, to).await?;
     let ids = posts.ticket_ids();
     let (e2e, e2e_missing) = probe::e2e_latencies(db, &ids).await?;
     let post = Percentiles::of(&posts.ok_latencies());

@@ -73,14 +73,19 @@ pub async fn db_now(pool: &PgPool) -> anyhow::Result<DateTime<Utc>> {
 
 /// Tickets still PENDING.
 ///
+/// Counted company by company through the list index
+/// `(company_id, status, ...)`: with a million finished tickets of history
+/// (the growth runs) a plain `WHERE status = 'PENDING'` would scan the whole
+/// table at every poll, on the CPUs of the system measured.
+///
 /// # Errors
 /// Database failures.
 pub async fn pending_tickets(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM tickets WHERE status = 'PENDING'")
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM tickets WHERE company_id = ANY(ARRAY(SELECT id FROM companies)) AND status = 'PENDING'",
     )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Waits until no ticket is PENDING or `timeout` passes, counting every

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
+    history::Seeded,
     noop::NoopDrain,
     pgbench::PgbenchRun,
     plot::{Chart, Series},
@@ -52,6 +53,8 @@ pub struct Settings {
     pub saturation_secs: f64,
     /// Offered rate of the concurrent `GET /api/tickets` stream.
     pub get_rate: f64,
+    /// Offered rate of the `GET /api/tickets` stream around the login burst.
+    pub burst_get_rate: f64,
 }
 
 /// One open-loop step at a fixed offered rate.
@@ -123,6 +126,118 @@ pub struct Drain {
     pub usage: Vec<ProcUsage>,
 }
 
+/// One process's memory at rest.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleProc {
+    /// Role.
+    pub name: String,
+    /// Whether it ran the earlier load (else it started for this reading).
+    pub after_load: bool,
+    /// `VmRSS` after the rest (MiB).
+    pub rss_mib: f64,
+    /// `VmHWM` (MiB): its lifetime peak.
+    pub lifetime_peak_rss_mib: f64,
+}
+
+/// Memory with no load at all.
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    /// Seconds at rest before the reading.
+    pub seconds: f64,
+    /// The api's `VmRSS` right after it first answered `/ready` (MiB).
+    pub api_at_start_mib: Option<f64>,
+    /// The api and the workers.
+    pub procs: Vec<IdleProc>,
+}
+
+/// Concurrent logins under a steady `GET /api/tickets` stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginBurst {
+    /// `POST /api/auth/login` sent at once.
+    pub logins: usize,
+    /// Distinct users they log in (round-robin).
+    pub users: usize,
+    /// Offered GET rate.
+    pub get_rate: f64,
+    /// GETs answered before the burst (after a half-second warm-up).
+    pub get_before: Percentiles,
+    /// GETs sent between the burst's start and its last answer.
+    pub get_during: Percentiles,
+    /// GETs of both windows that failed or were shed.
+    pub get_errors: usize,
+    /// Latency of the logins answered 200, from the burst's start (ms).
+    pub login_ok: Percentiles,
+    /// Latency of every login, whatever the answer.
+    pub login_all: Percentiles,
+    /// Logins answered 200.
+    pub ok: usize,
+    /// Logins answered 429 (throttled).
+    pub throttled: usize,
+    /// Logins with any other answer or none.
+    pub other_errors: usize,
+    /// Seconds from the burst's start to its last answer.
+    pub burst_secs: f64,
+    /// The GET generator's worst lateness (ms).
+    pub max_send_lag_ms: f64,
+    /// CPU and memory during the burst.
+    pub usage: Vec<ProcUsage>,
+}
+
+/// Companies registered for the last growth run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Registration {
+    /// Companies (each an ADMIN and an integration).
+    pub companies: usize,
+    /// Seconds.
+    pub seconds: f64,
+    /// Companies per second.
+    pub per_sec: f64,
+}
+
+/// The figures of one growth run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrowthRound {
+    /// `history`, `history + companies` or `companies`.
+    pub label: String,
+    /// Companies the load was spread over.
+    pub companies: usize,
+    /// Finished jobs of seeded history in the tables.
+    pub history_jobs: u64,
+    /// Seeded finished jobs still in `apalis.jobs` after the run (the
+    /// worker's retention may delete some).
+    pub history_jobs_left: Option<i64>,
+    /// Seeded pending (not yet due) jobs in the queue's table.
+    pub pending_jobs: u64,
+    /// Saturation, with the worker count and offered rate of the main run's
+    /// smallest worker count.
+    pub saturation: Option<Saturation>,
+    /// The step at the main run's half-saturation rate.
+    pub half: Option<Step>,
+    /// The drain.
+    pub drain: Option<Drain>,
+}
+
+/// Growth: the same figures with a large history, then many companies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Growth {
+    /// Finished jobs of history asked for.
+    pub history_jobs: u64,
+    /// Pending jobs asked for.
+    pub pending_jobs: u64,
+    /// Companies of the last run asked for.
+    pub companies: usize,
+    /// Tickets of each growth drain.
+    pub drain_tickets: usize,
+    /// The seeding.
+    pub seed: Option<Seeded>,
+    /// The registration of the extra companies.
+    pub registration: Option<Registration>,
+    /// The runs, in order (each on top of the one before).
+    pub rounds: Vec<GrowthRound>,
+    /// Why the growth runs stopped early.
+    pub error: Option<String>,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
@@ -142,10 +257,18 @@ pub struct Results {
     pub half: Option<Step>,
     /// The drain.
     pub drain: Option<Drain>,
+    /// Memory at rest.
+    pub idle: Option<Idle>,
+    /// The login burst.
+    pub login_burst: Option<LoginBurst>,
+    /// Growth.
+    pub growth: Option<Growth>,
     /// Top statements by phase.
     pub statements: Vec<(String, Vec<Statement>)>,
     /// Tickets that ended FAILED or DERIVED (0 on a clean run).
     pub not_executed: i64,
+    /// Phases that failed (the figures of the others are still here).
+    pub errors: Vec<String>,
 }
 
 impl Results {
@@ -399,6 +522,15 @@ pub fn markdown(r: &Results) -> String {
             &sat.usage,
         );
     }
+    if let Some(idle) = &r.idle {
+        idle_section(&mut s, idle);
+    }
+    if let Some(b) = &r.login_burst {
+        login_section(&mut s, b);
+    }
+    if let Some(g) = &r.growth {
+        growth_section(&mut s, r, g);
+    }
 
     s.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
     let mut target = |name: &str, measured: Option<String>, met: Option<bool>| {
@@ -467,6 +599,58 @@ pub fn markdown(r: &Results) -> String {
         worker_rss.map(|x| format!("{x:.1} MiB")),
         worker_rss.map(|x| x <= 64.0),
     );
+    let idle = |prefix: &str| {
+        r.idle.as_ref().and_then(|i| {
+            i.procs
+                .iter()
+                .filter(|p| p.name.starts_with(prefix))
+                .map(|p| p.rss_mib)
+                .reduce(f64::max)
+        })
+    };
+    let (api_idle, worker_idle) = (idle("api"), idle("worker"));
+    target(
+        "api RSS ≤ 32 MiB idle (after the load above)",
+        api_idle.map(|x| format!("{x:.1} MiB")),
+        api_idle.map(|x| x <= 32.0),
+    );
+    target(
+        "worker RSS ≤ 32 MiB idle (largest, after load or fresh)",
+        worker_idle.map(|x| format!("{x:.1} MiB")),
+        worker_idle.map(|x| x <= 32.0),
+    );
+    let burst = r
+        .login_burst
+        .as_ref()
+        .filter(|b| b.get_before.p99 > 0.0 && b.get_during.n > 0)
+        .map(|b| (b.get_during.p99 / b.get_before.p99, b));
+    target(
+        "a burst of 50 concurrent logins at most doubles GET /api/tickets p99",
+        burst.map(|(x, b)| {
+            format!(
+                "{x:.2}× ({} logins, {:.1} → {:.1} ms)",
+                b.logins, b.get_before.p99, b.get_during.p99
+            )
+        }),
+        burst.map(|(x, _)| x <= 2.0),
+    );
+    let history = r.growth.as_ref().and_then(|g| {
+        let round = g.rounds.iter().find(|x| x.label == "history")?;
+        growth_figures(r, std::slice::from_ref(round))
+            .iter()
+            .filter_map(|f| Some((f.worsening(0)?, f.name.clone())))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    });
+    target(
+        "a history of 1,000,000 finished jobs changes no figure by more than 10 % (worst worsening)",
+        history.as_ref().map(|(x, name)| {
+            format!(
+                "{x:+.1} % ({name}; {} finished jobs seeded)",
+                r.growth.as_ref().map_or(0, |g| g.history_jobs)
+            )
+        }),
+        history.as_ref().map(|(x, _)| *x <= 10.0),
+    );
 
     for (phase, statements) in &r.statements {
         let _ = writeln!(
@@ -492,7 +676,246 @@ pub fn markdown(r: &Results) -> String {
             r.not_executed
         );
     }
+    if !r.errors.is_empty() {
+        s.push_str("\n## Phases that failed\n\n");
+        for e in &r.errors {
+            let _ = writeln!(s, "- {e}");
+        }
+    }
     s
+}
+
+fn idle_section(s: &mut String, idle: &Idle) {
+    let _ = writeln!(
+        s,
+        "\n## Memory at rest\n\nResident memory after {:.0} s with no request at all. The api and the drain's workers have run all the load above; the fresh worker started at the beginning of the rest.\n\n| process | state | VmRSS MiB | lifetime VmHWM MiB |\n|---|---|---:|---:|",
+        idle.seconds
+    );
+    if let Some(start) = idle.api_at_start_mib {
+        let _ = writeln!(s, "| api | right after its first /ready | {start:.1} | – |");
+    }
+    for p in &idle.procs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | **{:.1}** | {:.1} |",
+            p.name,
+            if p.after_load {
+                "idle after load"
+            } else {
+                "idle, fresh"
+            },
+            p.rss_mib,
+            p.lifetime_peak_rss_mib
+        );
+    }
+}
+
+fn login_section(s: &mut String, b: &LoginBurst) {
+    let _ = writeln!(
+        s,
+        "\n## Login burst\n\n{} `POST /api/auth/login` sent at once ({} users round-robin, right passwords, from one client address) while `GET /api/tickets?limit=50` runs open-loop at {:.0}/s, no worker running. \"During\" are the GETs sent between the burst's start and its last answer ({:.2} s); \"before\" those answered before it (after a half-second warm-up). The api throttles failed logins only (10 per username, 50 per client address in 15 minutes, keyed by the socket's address: no proxy header is trusted), so these logins are not throttled; any 429 is counted below.\n\n| GET /api/tickets | n | p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|---:|",
+        b.logins, b.users, b.get_rate, b.burst_secs
+    );
+    for (name, p) in [
+        ("before the burst", &b.get_before),
+        ("during the burst", &b.get_during),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {:.1} | {:.1} | **{:.1}** | {:.1} |",
+            p.n, p.p50, p.p95, p.p99, p.max
+        );
+    }
+    let api = b.usage.iter().find(|u| u.name == "api");
+    let api_cores = api.map_or("–".into(), |u| format!("{:.2}", u.cores));
+    let api_rss = api.map_or("–".into(), |u| format!("{:.1} MiB", u.peak_rss_mib));
+    let _ = writeln!(
+        s,
+        "\nGET p99 during ÷ before: **{}** (target ≤ 2×); GET errors {}; the generator's worst lateness {:.1} ms; during the burst the api used {api_cores} cores and peaked at {api_rss} resident.\n\n| logins | 200 | 429 | other | p50 | p95 | p99 | max |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n| {} | {} | {} | {} | {:.0} | {:.0} | **{:.0}** | {:.0} |\n\nLogin latency runs from the burst's start (every login's intended send time) to the full answer, over all answers (ms).",
+        ratio(b.get_during.p99, Some(b.get_before.p99)),
+        b.get_errors,
+        b.max_send_lag_ms,
+        b.logins,
+        b.ok,
+        b.throttled,
+        b.other_errors,
+        b.login_all.p50,
+        b.login_all.p95,
+        b.login_all.p99,
+        b.login_all.max
+    );
+}
+
+/// One figure of the growth table: its baseline and its value in each run.
+struct Figure {
+    name: String,
+    higher_is_better: bool,
+    base: Option<f64>,
+    runs: Vec<Option<f64>>,
+}
+
+impl Figure {
+    /// Signed change of run `i` from the baseline (%).
+    fn change(&self, i: usize) -> Option<f64> {
+        let (base, v) = (self.base?, (*self.runs.get(i)?)?);
+        (base > 0.0).then(|| (v - base) / base * 100.0)
+    }
+
+    /// How much worse run `i` is than the baseline (%; negative: better).
+    fn worsening(&self, i: usize) -> Option<f64> {
+        self.change(i)
+            .map(|c| if self.higher_is_better { -c } else { c })
+    }
+}
+
+fn growth_figures(r: &Results, rounds: &[GrowthRound]) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    let drain_tickets = rounds
+        .iter()
+        .find_map(|g| g.drain.as_ref())
+        .map(|d| (d.tickets, d.workers));
+    if let Some((tickets, workers)) = drain_tickets {
+        figures.push(Figure {
+            name: format!("drain, actions/s ({tickets} tickets, {workers} workers)"),
+            higher_is_better: true,
+            // Only a drain of the same size is a baseline.
+            base: r
+                .drain
+                .as_ref()
+                .filter(|d| d.tickets == tickets && d.workers == workers)
+                .map(|d| d.actions_per_sec),
+            runs: rounds
+                .iter()
+                .map(|g| g.drain.as_ref().map(|d| d.actions_per_sec))
+                .collect(),
+        });
+    }
+    if let Some(sat) = rounds.iter().find_map(|g| g.saturation.as_ref()) {
+        figures.push(Figure {
+            name: format!(
+                "end-to-end saturation, executed/s ({} workers, {:.0}/s offered)",
+                sat.workers, sat.offered_rate
+            ),
+            higher_is_better: true,
+            base: r
+                .saturation
+                .iter()
+                .find(|s| s.workers == sat.workers)
+                .map(|s| s.executed_rate),
+            runs: rounds
+                .iter()
+                .map(|g| g.saturation.as_ref().map(|s| s.executed_rate))
+                .collect(),
+        });
+    }
+    if let Some(half) = rounds.iter().find_map(|g| g.half.as_ref()) {
+        type Pick = fn(&Step) -> f64;
+        let pick: [(&str, Pick); 3] = [
+            ("POST p99, ms", |s| s.post.p99),
+            ("POST→EXECUTED p99, ms", |s| s.e2e.p99),
+            ("GET /api/tickets p99, ms", |s| s.get.p99),
+        ];
+        for (what, f) in pick {
+            figures.push(Figure {
+                name: format!("at {:.0}/s offered: {what}", half.offered_rate),
+                higher_is_better: false,
+                base: r.half.as_ref().map(f),
+                runs: rounds.iter().map(|g| g.half.as_ref().map(f)).collect(),
+            });
+        }
+    }
+    figures
+}
+
+fn growth_section(s: &mut String, r: &Results, g: &Growth) {
+    s.push_str("\n## Growth\n\n");
+    if let Some(seed) = &g.seed {
+        let inserts: Vec<String> = seed
+            .inserts
+            .iter()
+            .map(|(table, rows, secs)| format!("{table} {rows} rows in {secs:.1} s"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Seeded {} finished jobs of history (each an EXECUTED ticket with one SUCCEEDED action, its `Done` job in `apalis.jobs` and {} audit rows: copies of a real ticket of this run, spread over {} companies and dated over the 24 hours that ended an hour before the seeding, so that the worker's 7-day retention of finished jobs deletes none) and {} pending jobs due in a day (copies of the finished job, pointing at finished actions), in {:.1} s ({}; then `VACUUM (ANALYZE)` and `CHECKPOINT` {:.1} s; foreign-key checks and triggers {}).",
+            seed.history_jobs,
+            seed.audit_rows_per_ticket,
+            seed.companies,
+            seed.pending_jobs,
+            seed.seconds,
+            inserts.join(", "),
+            seed.vacuum_secs,
+            if seed.triggers_skipped {
+                "skipped for the copies"
+            } else {
+                "run for every copy"
+            }
+        );
+        for note in &seed.notes {
+            let _ = writeln!(s, "\nNote: {note}.");
+        }
+    }
+    if let Some(reg) = &g.registration {
+        let _ = writeln!(
+            s,
+            "\nThen {} more companies registered through the api (one argon2id hash each, 16 registrations in flight) in {:.1} s ({:.1}/s).",
+            reg.companies, reg.seconds, reg.per_sec
+        );
+    }
+    if g.rounds.is_empty() {
+        let _ = writeln!(s, "\nNo growth run completed.");
+    } else {
+        let figures = growth_figures(r, &g.rounds);
+        let _ = write!(
+            s,
+            "\nEach run is on top of the one before (the companies run keeps the history); Δ is against the main figures above, measured the same way with {} companies and no seeded rows.\n\n| figure | baseline |",
+            r.settings.companies
+        );
+        for round in &g.rounds {
+            let _ = write!(
+                s,
+                " {} ({} finished + {} pending jobs, {} companies) | Δ |",
+                round.label, round.history_jobs, round.pending_jobs, round.companies
+            );
+        }
+        let _ = write!(s, "\n|---|---:|");
+        for _ in &g.rounds {
+            s.push_str("---:|---:|");
+        }
+        s.push('\n');
+        let value = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+        for f in &figures {
+            let _ = write!(s, "| {} | {} |", f.name, value(f.base));
+            for (i, v) in f.runs.iter().enumerate() {
+                let delta = match (f.change(i), f.worsening(i)) {
+                    (Some(c), Some(w)) if w > 10.0 => format!("**{c:+.1} %**"),
+                    (Some(c), _) => format!("{c:+.1} %"),
+                    _ => "–".into(),
+                };
+                let _ = write!(s, " {} | {delta} |", value(*v));
+            }
+            s.push('\n');
+        }
+        s.push_str("\nA bold Δ is more than 10 % worse than the baseline.\n");
+        for round in &g.rounds {
+            if let Some(left) = round.history_jobs_left {
+                let _ = writeln!(
+                    s,
+                    "\nAfter the {} run, {left} of the {} seeded finished jobs were still in `apalis.jobs`{}.",
+                    round.label,
+                    round.history_jobs,
+                    if u64::try_from(left).is_ok_and(|l| l < round.history_jobs) {
+                        " (**retention deleted some during the measurements**)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    if let Some(e) = &g.error {
+        let _ = writeln!(s, "\n**The growth runs stopped early**: {e}");
+    }
 }
 
 /// Latency against offered rate (log scale).
@@ -593,4 +1016,34 @@ pub fn throughput_chart(r: &Results) -> String {
         references,
     }
     .to_svg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_changes_are_signed_and_worsening_follows_the_direction() {
+        let throughput = Figure {
+            name: "drain".into(),
+            higher_is_better: true,
+            base: Some(200.0),
+            runs: vec![Some(150.0), None],
+        };
+        assert_eq!(throughput.change(0), Some(-25.0));
+        assert_eq!(throughput.worsening(0), Some(25.0));
+        assert_eq!(throughput.change(1), None);
+        let latency = Figure {
+            name: "p99".into(),
+            higher_is_better: false,
+            base: Some(10.0),
+            runs: vec![Some(9.0)],
+        };
+        assert_eq!(latency.worsening(0).map(f64::round), Some(-10.0));
+        let no_base = Figure {
+            base: Some(0.0),
+            ..latency
+        };
+        assert_eq!(no_base.change(0), None);
+    }
 }

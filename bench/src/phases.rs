@@ -1,0 +1,410 @@
+//! The phases after the main figures: the memory of the processes at rest,
+//! a burst of logins under a steady `GET /api/tickets` stream, and growth
+//! (the saturation, half-saturation and drain figures measured again with a
+//! large history in the tables, then with many more companies).
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use sqlx::PgPool;
+
+use crate::{
+    Cli, MAX_IN_FLIGHT, Plan, history,
+    load::{self, Request, Tenant},
+    probe, procfs,
+    report::{Growth, GrowthRound, Idle, IdleProc, LoginBurst, Registration, Saturation, Step},
+    run_drain, run_saturation, run_step, say,
+    stats::Percentiles,
+    system::System,
+};
+
+/// What every growth run needs.
+pub struct Ctx<'a> {
+    pub plan: &'a Plan,
+    pub cli: &'a Cli,
+    pub client: &'a reqwest::Client,
+    /// The benchmark's database, as its administrator.
+    pub db: &'a PgPool,
+    /// Its URL (the seeding opens a connection of its own).
+    pub db_url: &'a str,
+    pub stat_statements: bool,
+    pub drain_timeout: Duration,
+}
+
+/// The main figures growth is compared with.
+pub struct Baseline<'a> {
+    pub saturation: &'a [Saturation],
+    pub half: Option<&'a Step>,
+}
+
+/// Starts one fresh worker beside whatever runs (the api and the drain's
+/// workers, after their load), waits `rest` with no request at all, and
+/// reads every process's resident memory.
+///
+/// # Errors
+/// A worker that cannot start; a process that died.
+pub async fn idle(
+    system: &mut System,
+    rest: Duration,
+    api_at_start_mib: Option<f64>,
+) -> anyhow::Result<Idle> {
+    let loaded: Vec<String> = system.procs().map(|p| p.name.clone()).collect();
+    system.start_workers(1)?;
+    tokio::time::sleep(rest).await;
+    system.check_alive()?;
+    let procs: Vec<IdleProc> = system
+        .procs()
+        .map(|p| IdleProc {
+            name: p.name.clone(),
+            after_load: loaded.contains(&p.name),
+            rss_mib: procfs::rss_mib(p.pid()).unwrap_or(0.0),
+            lifetime_peak_rss_mib: procfs::peak_rss_mib(p.pid()).unwrap_or(0.0),
+        })
+        .collect();
+    for p in &procs {
+        say(format!(
+            "idle {}{}: {:.1} MiB resident",
+            p.name,
+            if p.after_load {
+                " (after load)"
+            } else {
+                " (fresh)"
+            },
+            p.rss_mib
+        ));
+    }
+    Ok(Idle {
+        seconds: rest.as_secs_f64(),
+        api_at_start_mib,
+        procs,
+    })
+}
+
+/// GETs alone for `lead`, then `logins` concurrent logins with the GETs
+/// going on, which stop half a second after the last login's answer.
+///
+/// # Errors
+/// A process that died.
+pub async fn login_burst(
+    system: &mut System,
+    client: &reqwest::Client,
+    tenants: &[Tenant],
+    logins: usize,
+    get_rate: f64,
+    lead: Duration,
+) -> anyhow::Result<LoginBurst> {
+    /// GETs sent before this are the warm-up (connections opening).
+    const WARM_UP_S: f64 = 0.5;
+    let api = system.api_url.clone();
+    let stop = AtomicBool::new(false);
+    let _sampler = system.sample_connections();
+    say(format!(
+        "login burst: GET /api/tickets at {get_rate:.0}/s, {logins} logins after {:.0} s",
+        lead.as_secs_f64()
+    ));
+    let gets = load::open_loop_until(
+        client,
+        &api,
+        tenants,
+        Request::ListTickets,
+        get_rate,
+        // At most: the burst ends the stream as soon as it is over.
+        lead + Duration::from_secs(120),
+        MAX_IN_FLIGHT,
+        &stop,
+    );
+    let burst = async {
+        tokio::time::sleep(lead).await;
+        let mark = system.mark();
+        let from = tokio::time::Instant::now();
+        let answers = load::login_burst(client, &api, tenants, logins).await;
+        let to = tokio::time::Instant::now();
+        let usage = system.usage_since(&mark);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        (from, to, answers, usage)
+    };
+    let (gets, (from, to, answers, usage)) = tokio::join!(gets, burst);
+    system.check_alive()?;
+    let started = gets.started.unwrap_or(from);
+    let b0 = from.saturating_duration_since(started).as_secs_f64();
+    let b1 = to.saturating_duration_since(started).as_secs_f64();
+    let before: Vec<_> = gets
+        .samples
+        .iter()
+        .filter(|s| s.sent_at_s >= WARM_UP_S && s.done_at_s <= b0)
+        .collect();
+    let during: Vec<_> = gets
+        .samples
+        .iter()
+        .filter(|s| s.sent_at_s >= b0 && s.sent_at_s <= b1)
+        .collect();
+    let ok = |v: &[&load::Sample]| -> Vec<f64> {
+        v.iter().filter(|s| s.ok).map(|s| s.latency_ms).collect()
+    };
+    let ok_logins: Vec<f64> = answers
+        .iter()
+        .filter(|l| l.status == Some(200))
+        .map(|l| l.latency_ms)
+        .collect();
+    let all_logins: Vec<f64> = answers.iter().map(|l| l.latency_ms).collect();
+    let throttled = answers.iter().filter(|l| l.status == Some(429)).count();
+    let burst = LoginBurst {
+        logins,
+        users: tenants.len().min(logins),
+        get_rate,
+        get_before: Percentiles::of(&ok(&before)),
+        get_during: Percentiles::of(&ok(&during)),
+        get_errors: before.iter().chain(&during).filter(|s| !s.ok).count() + gets.shed,
+        login_ok: Percentiles::of(&ok_logins),
+        login_all: Percentiles::of(&all_logins),
+        ok: ok_logins.len(),
+        throttled,
+        other_errors: answers.len() - ok_logins.len() - throttled + (logins - answers.len()),
+        burst_secs: b1 - b0,
+        max_send_lag_ms: gets.max_send_lag_ms,
+        usage,
+    };
+    say(format!(
+        "login burst: {} of {} logins OK ({} throttled) in {:.2} s, login p99 {:.0} ms; GET p99 {:.1} ms during vs {:.1} ms before",
+        burst.ok,
+        logins,
+        burst.throttled,
+        burst.burst_secs,
+        burst.login_all.p99,
+        burst.get_during.p99,
+        burst.get_before.p99
+    ));
+    Ok(burst)
+}
+
+/// The growth runs; a failure ends them and is kept in [`Growth::error`].
+/// Returns the top statements of their drains too.
+pub async fn growth(
+    ctx: &Ctx<'_>,
+    system: &mut System,
+    tenants: &[Tenant],
+    baseline: &Baseline<'_>,
+) -> (Growth, Vec<(String, Vec<probe::Statement>)>) {
+    let mut growth = Growth {
+        history_jobs: ctx.plan.history_jobs,
+        pending_jobs: ctx.plan.pending_jobs,
+        companies: ctx.plan.growth_companies,
+        drain_tickets: ctx.plan.growth_drain_tickets,
+        seed: None,
+        registration: None,
+        rounds: Vec::new(),
+        error: None,
+    };
+    let mut statements = Vec::new();
+    if let Err(e) = growth_runs(ctx, system, tenants, baseline, &mut growth, &mut statements).await
+    {
+        say(format!("growth failed: {e:#}"));
+        growth.error = Some(format!("{e:#}"));
+    }
+    system.stop_workers().await;
+    (growth, statements)
+}
+
+async fn growth_runs(
+    ctx: &Ctx<'_>,
+    system: &mut System,
+    tenants: &[Tenant],
+    baseline: &Baseline<'_>,
+    growth: &mut Growth,
+    statements: &mut Vec<(String, Vec<probe::Statement>)>,
+) -> anyhow::Result<()> {
+    let plan = ctx.plan;
+    // The cheapest saturation run of the main figures (1 worker by default).
+    let workers = plan.workers.iter().copied().min().unwrap_or(1).max(1);
+    let sat_rate = baseline
+        .saturation
+        .iter()
+        .find(|s| s.workers == workers)
+        .map(|s| s.offered_rate);
+    let half_rate = baseline.half.map(|h| h.offered_rate);
+    let mut history_in_tables = (0, 0);
+    if plan.history_jobs > 0 || plan.pending_jobs > 0 {
+        say(format!(
+            "growth: seeding {} finished jobs of history and {} pending ones",
+            plan.history_jobs, plan.pending_jobs
+        ));
+        let seeded =
+            history::seed(ctx.db_url, tenants, plan.history_jobs, plan.pending_jobs).await?;
+        say(format!(
+            "growth: seeded in {:.1} s ({:.1} s of it VACUUM (ANALYZE) and CHECKPOINT){}",
+            seeded.seconds,
+            seeded.vacuum_secs,
+            seeded
+                .notes
+                .iter()
+                .map(|n| format!("; {n}"))
+                .collect::<String>()
+        ));
+        history_in_tables = (seeded.history_jobs, seeded.pending_jobs);
+        growth.seed = Some(seeded);
+        let (round, top) = round(
+            ctx,
+            system,
+            "history",
+            tenants,
+            workers,
+            sat_rate,
+            half_rate,
+            history_in_tables,
+        )
+        .await?;
+        statements.extend(top);
+        growth.rounds.push(round);
+    }
+    if plan.growth_companies > tenants.len() {
+        let extra = plan.growth_companies - tenants.len();
+        say(format!(
+            "growth: registering {extra} more companies through the api"
+        ));
+        let t0 = Instant::now();
+        let more = load::seed_tenants(
+            ctx.client,
+            &system.api_url,
+            extra,
+            ctx.cli.simulated_latency_ms,
+        )
+        .await?;
+        let seconds = t0.elapsed().as_secs_f64();
+        #[expect(clippy::cast_precision_loss, reason = "a company count")]
+        let registration = Registration {
+            companies: more.len(),
+            seconds,
+            per_sec: more.len() as f64 / seconds.max(1e-9),
+        };
+        say(format!(
+            "growth: {} companies registered in {:.1} s ({:.1}/s)",
+            registration.companies, registration.seconds, registration.per_sec
+        ));
+        growth.registration = Some(registration);
+        let all: Vec<Tenant> = tenants.iter().chain(&more).cloned().collect();
+        let label = if history_in_tables == (0, 0) {
+            "companies"
+        } else {
+            "history + companies"
+        };
+        let (round, top) = round(
+            ctx,
+            system,
+            label,
+            &all,
+            workers,
+            sat_rate,
+            half_rate,
+            history_in_tables,
+        )
+        .await?;
+        statements.extend(top);
+        growth.rounds.push(round);
+    }
+    Ok(())
+}
+
+/// One growth run: saturation with `workers` workers at the main run's
+/// offered rate, the half-saturation step at its rate, and a drain.
+#[expect(clippy::too_many_arguments, reason = "one growth run's inputs")]
+async fn round(
+    ctx: &Ctx<'_>,
+    system: &mut System,
+    label: &str,
+    tenants: &[Tenant],
+    workers: usize,
+    sat_rate: Option<f64>,
+    half_rate: Option<f64>,
+    (history_jobs, pending_jobs): (u64, u64),
+) -> anyhow::Result<(GrowthRound, Option<(String, Vec<probe::Statement>)>)> {
+    let plan = ctx.plan;
+    let saturation = if let Some(rate) = sat_rate {
+        let sat = run_saturation(
+            system,
+            ctx.client,
+            ctx.db,
+            tenants,
+            workers,
+            rate,
+            plan.saturation,
+            ctx.drain_timeout,
+        )
+        .await?;
+        say(format!(
+            "growth ({label}): saturation with {workers} workers: {:.0} executed/s",
+            sat.executed_rate
+        ));
+        Some(sat)
+    } else {
+        None
+    };
+    let half = if let Some(rate) = half_rate {
+        system.start_workers(plan.sweep_workers)?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let step = run_step(
+            system,
+            ctx.client,
+            ctx.db,
+            tenants,
+            rate,
+            plan.saturation,
+            ctx.cli.get_rate,
+            ctx.drain_timeout,
+        )
+        .await;
+        system.stop_workers().await;
+        let step = step?;
+        say(format!(
+            "growth ({label}): {:.0}/s: POST p99 {:.1} ms, e2e p99 {:.1} ms, GET p99 {:.1} ms",
+            step.offered_rate, step.post.p99, step.e2e.p99, step.get.p99
+        ));
+        Some(step)
+    } else {
+        None
+    };
+    let (drain, top) = if plan.growth_drain_tickets > 0 {
+        let drained = run_drain(
+            system,
+            ctx.client,
+            ctx.db,
+            tenants,
+            plan.growth_drain_tickets,
+            plan.drain_workers,
+            ctx.drain_timeout,
+            ctx.stat_statements,
+        )
+        .await;
+        system.stop_workers().await;
+        let (d, top) = drained?;
+        let top = top.map(|t| {
+            (
+                format!("drain with {} workers, growth ({label})", d.workers),
+                t,
+            )
+        });
+        (Some(d), top)
+    } else {
+        (None, None)
+    };
+    let history_jobs_left = if history_jobs > 0 {
+        Some(history::history_jobs_left(ctx.db).await?)
+    } else {
+        None
+    };
+    Ok((
+        GrowthRound {
+            label: label.to_owned(),
+            companies: tenants.len(),
+            history_jobs,
+            history_jobs_left,
+            pending_jobs,
+            saturation,
+            half,
+            drain,
+        },
+        top,
+    ))
+}
