@@ -48,6 +48,16 @@ $$;
 --    finished to ack a handful. A partial index over live locks only still
 --    serves the orphan rescue (which filters on exactly these statuses) and
 --    leaves the ack and the heartbeat to the primary key.
+--    (apalis's first migration made one too, `lidx`, which its later
+--    "streamline" migration left behind.)
 CREATE INDEX IF NOT EXISTS idx_apalis_jobs_live_lock_by ON apalis.jobs (lock_by)
     WHERE status = 'Running' OR status = 'Queued';
 DROP INDEX IF EXISTS apalis.idx_apalis_jobs_lock_by;
+DROP INDEX IF EXISTS apalis.lidx;
+
+-- 3. Duplicates that every insert and update maintains for nothing: the same
+--    unique index on jobs.id as the primary key, and copies of the workers'
+--    indexes the streamline migration created again under new names.
+DROP INDEX IF EXISTS apalis.unique_job_id;
+DROP INDEX IF EXISTS apalis.wtidx;
+DROP INDEX IF EXISTS apalis.lsidx;

@@ -97,8 +97,8 @@ struct Cli {
     /// Worker processes draining them.
     #[arg(long)]
     drain_workers: Option<usize>,
-    /// `WORKER_CONCURRENCY` of each worker (product default 8).
-    #[arg(long, default_value_t = 8)]
+    /// `WORKER_CONCURRENCY` of each worker (default: the product's, 64).
+    #[arg(long, default_value_t = 64)]
     worker_concurrency: usize,
     /// Simulated provider latency per action (ms).
     #[arg(long, default_value_t = 0)]
@@ -368,10 +368,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     // 3. The real system.
-    let mut env = vec![(
-        "WORKER_CONCURRENCY".to_owned(),
-        cli.worker_concurrency.to_string(),
-    )];
+    let mut env = vec![
+        (
+            "WORKER_CONCURRENCY".to_owned(),
+            cli.worker_concurrency.to_string(),
+        ),
+        // The allocator setting `./dev up` and the Dockerfile run the
+        // binaries with (ARCHITECTURE.md, "Memory").
+        ("MALLOC_MMAP_THRESHOLD_".to_owned(), "131072".to_owned()),
+    ];
     env.extend(cli.env.iter().cloned());
     let mut system = System::new(&bin_dir, &out_dir.join("logs"), &bench_url, pg_port, &env)?;
     system.postmaster = postmaster;

@@ -118,7 +118,7 @@ pub struct Config {
     pub local_secret_key_file: String,
     /// `SECRET_CACHE_TTL_SECS` (default 300): worker credential cache lifetime.
     pub secret_cache_ttl: Duration,
-    /// `WORKER_CONCURRENCY` (default 32): actions one worker process runs at
+    /// `WORKER_CONCURRENCY` (default 64): actions one worker process runs at
     /// once; also its fetch batch and the largest group commit.
     pub worker_concurrency: usize,
     /// `WORKER_METRICS_ADDR` (default `127.0.0.1:9091`).
@@ -260,7 +260,7 @@ impl Config {
                 });
             }
         };
-        let worker_concurrency = env.parse("WORKER_CONCURRENCY", 32usize)?;
+        let worker_concurrency = env.parse("WORKER_CONCURRENCY", 64usize)?;
         if !(1..=1024).contains(&worker_concurrency) {
             return Err(ConfigError::Invalid {
                 var: "WORKER_CONCURRENCY",
@@ -388,7 +388,7 @@ mod tests {
     fn defaults_apply_when_only_required_variables_are_set() {
         let config = Config::from_vars(base()).unwrap();
         assert_eq!(config.api_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.worker_concurrency, 32);
+        assert_eq!(config.worker_concurrency, 64);
         assert!(config.azure.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(config.job_retention, Duration::from_secs(7 * 24 * 3600));

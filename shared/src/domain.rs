@@ -48,6 +48,9 @@ macro_rules! text_enum {
     };
 }
 
+/// Most actions one ticket may carry (the API refuses more).
+pub const MAX_ACTIONS_PER_TICKET: usize = 20;
+
 /// A string that is not a member of the closed set it was parsed as.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("`{value}` is not a valid {kind}")]

@@ -114,7 +114,7 @@ pub async fn enqueue_actions(
         })?;
     let action_ids: Vec<Uuid> = jobs.iter().map(|j| j.job.action_id).collect();
     sqlx::query(
-        "UPDATE ticket_actions a SET job_id = v.job_id, updated_at = now() FROM unnest($1::uuid[], $2::text[]) AS v(action_id, job_id) WHERE a.id = v.action_id",
+        "UPDATE ticket_actions a SET job_id = v.job_id, updated_at = now() FROM unnest($1::uuid[], $2::text[]) AS v(action_id, job_id) WHERE a.id = ANY($1) AND a.id = v.action_id",
     )
     .bind(&action_ids)
     .bind(&job_ids)

@@ -40,11 +40,12 @@ use handler::WorkerState;
 /// When the database is unreachable, the schema is missing, or the secret
 /// store cannot be set up; each with a one-line reason.
 pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
-    let pool = shared::db::connect_lazy(
-        config.database_url.expose(),
-        (config.worker_concurrency as u32 + 4).max(6),
-    )
-    .context("DATABASE_URL is invalid")?;
+    // Batches need few connections; one per in-flight action only on the
+    // one-by-one paths (limits, per-key serialisation), which wait for a
+    // connection beyond this cap rather than exhaust the server's.
+    let connections = u32::try_from(config.worker_concurrency.min(32)).unwrap_or(32) + 4;
+    let pool = shared::db::connect_lazy(config.database_url.expose(), connections.max(6))
+        .context("DATABASE_URL is invalid")?;
     let applied = shared::db::migrations_applied(&pool)
         .await
         .context("the database is unreachable")?;

@@ -46,7 +46,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Most actions one ticket may carry.
-pub const MAX_ACTIONS: usize = 20;
+pub const MAX_ACTIONS: usize = shared::domain::MAX_ACTIONS_PER_TICKET;
 
 /// One action of a new ticket.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

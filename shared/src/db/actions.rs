@@ -501,32 +501,40 @@ pub async fn claim_batch(
         .map(|c| format!("a.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    // Rows are locked in id order, so two batches never wait on each other
-    // in a cycle; the ticket is share-locked so an ADMIN cannot close it
-    // between this check and the commit.
+    // Each row is reached by its primary key: a sub-select with FOR UPDATE
+    // is never flattened into a join, so the planner cannot trade the
+    // lookups for a scan of the batch's companies' rows, which it chose
+    // under load with the join form (126 ms a claim at concurrency 128;
+    // BENCHMARKS.md). Rows are locked in id order, so two batches
+    // never wait on each other in a cycle; the ticket is share-locked so an
+    // ADMIN cannot close it between this check and the commit.
     let claimed: Vec<TicketAction> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH req AS (
-             SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS r(action_id, company_id)
-         ), cand AS (
+        "WITH cand AS (
              SELECT a.id
-             FROM req
-             JOIN ticket_actions a ON a.id = req.action_id AND a.company_id = req.company_id
-             JOIN tickets t ON t.id = a.ticket_id AND t.company_id = a.company_id
-             LEFT JOIN integrations i ON i.id = a.integration_id AND i.company_id = a.company_id
-             WHERE a.status = 'PENDING' AND a.attempts < a.max_attempts AND t.status = 'PENDING'
-               AND (a.integration_id IS NULL OR (
-                   i.id IS NOT NULL
-                   AND coalesce(i.extra_json -> 'max_concurrency', 'null') IN ('null', '0')
-                   AND coalesce(i.extra_json -> 'rate_limit_per_sec', 'null') IN ('null', '0')))
-             ORDER BY a.id
-             FOR UPDATE OF a FOR SHARE OF t
+             FROM (SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS r(action_id, company_id) ORDER BY action_id) r
+             CROSS JOIN LATERAL (
+                 SELECT a.id, a.ticket_id, a.integration_id FROM ticket_actions a
+                 WHERE a.id = r.action_id AND a.company_id = r.company_id
+                   AND a.status = 'PENDING' AND a.attempts < a.max_attempts
+                 FOR UPDATE
+             ) a
+             CROSS JOIN LATERAL (
+                 SELECT t.id FROM tickets t
+                 WHERE t.id = a.ticket_id AND t.company_id = r.company_id AND t.status = 'PENDING'
+                 FOR SHARE
+             ) t
+             LEFT JOIN integrations i ON i.id = a.integration_id AND i.company_id = r.company_id
+             WHERE a.integration_id IS NULL OR (
+                 i.id IS NOT NULL
+                 AND coalesce(i.extra_json -> 'max_concurrency', 'null') IN ('null', '0')
+                 AND coalesce(i.extra_json -> 'rate_limit_per_sec', 'null') IN ('null', '0'))
          )
          UPDATE ticket_actions a
          SET status = 'RUNNING', attempts = a.attempts + 1, attempt_started_at = clock_timestamp(),
              started_at = coalesce(a.started_at, clock_timestamp()), next_attempt_at = NULL,
              slot_wait_since = NULL, updated_at = now()
          FROM cand
-         WHERE a.id = cand.id
+         WHERE a.id = ANY($1) AND a.id = cand.id
          RETURNING {returning}"
     )))
     .bind(&action_ids)
@@ -633,7 +641,7 @@ async fn record_successes(
         "UPDATE ticket_actions a
          SET status = 'SUCCEEDED', result = v.result, last_error = NULL, finished_at = now(), updated_at = now()
          FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) AS v(id, attempt, result)
-         WHERE a.id = v.id AND a.status = 'RUNNING' AND a.attempts = v.attempt
+         WHERE a.id = ANY($1) AND a.id = v.id AND a.status = 'RUNNING' AND a.attempts = v.attempt
          RETURNING a.id",
     )
     .bind(&ids)
@@ -665,16 +673,24 @@ async fn record_successes(
             .collect(),
     )
     .await?;
-    // Chain: each ticket's next PENDING action in position order gets its job.
+    // Chain: each ticket's next PENDING action in position order gets its
+    // job. The sub-select names only the (ticket_id, position) key and is
+    // ordered and limited like it, so the planner walks that index; given
+    // the company too, it read the company's whole backlog by (company_id,
+    // status) while statistics lagged a burst of inserts (24.9 ms a batch).
     let tickets: Vec<Uuid> = actions.iter().map(|(a, _)| a.ticket_id).collect();
     let companies: Vec<Uuid> = actions.iter().map(|(a, _)| a.company_id).collect();
     let positions: Vec<i32> = actions.iter().map(|(a, _)| a.position).collect();
     let next: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
-        "SELECT DISTINCT ON (a.ticket_id) a.ticket_id, a.company_id, a.id
+        "SELECT v.ticket_id, v.company_id, n.id
          FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS v(ticket_id, company_id, position)
-         JOIN ticket_actions a ON a.ticket_id = v.ticket_id AND a.company_id = v.company_id AND a.position > v.position
-         WHERE a.status = 'PENDING'
-         ORDER BY a.ticket_id, a.position",
+         CROSS JOIN LATERAL (
+             SELECT a.id, a.company_id FROM ticket_actions a
+             WHERE a.ticket_id = v.ticket_id AND a.position > v.position AND a.status = 'PENDING'
+             ORDER BY a.position
+             LIMIT 1
+         ) n
+         WHERE n.company_id = v.company_id",
     )
     .bind(&tickets)
     .bind(&companies)
@@ -746,6 +762,7 @@ pub async fn settle_tickets(
         "SELECT a.ticket_id, a.company_id, a.status, a.last_error
          FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[]) AS v(company_id, ticket_id)) v
          JOIN ticket_actions a ON a.ticket_id = v.ticket_id AND a.company_id = v.company_id
+         WHERE a.ticket_id = ANY($2)
          ORDER BY a.ticket_id, a.position",
     )
     .bind(&companies)
@@ -777,7 +794,7 @@ pub async fn settle_tickets(
         "UPDATE tickets t
          SET status = v.status, status_reason = v.reason, executed_at = now(), updated_at = now()
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS v(id, company_id, status, reason)
-         WHERE t.id = v.id AND t.company_id = v.company_id AND t.status = 'PENDING'
+         WHERE t.id = ANY($1) AND t.id = v.id AND t.company_id = v.company_id AND t.status = 'PENDING'
          RETURNING t.id, t.company_id, t.status, t.status_reason",
     )
     .bind(&ids)

@@ -222,7 +222,8 @@ pub async fn wake_slot_waiters(
     }
     let (companies, ids): (Vec<Uuid>, Vec<Uuid>) = integrations.iter().copied().unzip();
     let woken: Vec<(String, String)> = sqlx::query_as(
-        "WITH waiter AS (
+        "UPDATE apalis.jobs j SET run_at = now()
+         WHERE j.id = ANY (ARRAY(
              SELECT w.job_id
              FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[]) AS v(company_id, integration_id)) v
              CROSS JOIN LATERAL (
@@ -232,10 +233,8 @@ pub async fn wake_slot_waiters(
                  ORDER BY slot_wait_since
                  LIMIT 1
              ) w
-         )
-         UPDATE apalis.jobs j SET run_at = now()
-         FROM waiter
-         WHERE j.id = waiter.job_id AND j.status = 'Pending' AND j.run_at > now()
+         ))
+           AND j.status = 'Pending' AND j.run_at > now()
          RETURNING j.id, j.job_type",
     )
     .bind(&companies)
