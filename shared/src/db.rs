@@ -103,13 +103,7 @@ pub async fn begin_tenant(
     pool: &PgPool,
     company_id: Uuid,
 ) -> Result<Transaction<'static, Postgres>, DbError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.company_id', $1, true), set_config('role', $2, true)")
-        .bind(company_id.to_string())
-        .bind(APP_ROLE)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    begin_as_app(pool, "app.company_id", company_id.to_string()).await
 }
 
 /// Starts a transaction scoped to several companies at once: role
@@ -134,13 +128,7 @@ pub async fn begin_tenants(
             .collect::<Vec<_>>()
             .join(",")
     );
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.company_ids', $1, true), set_config('role', $2, true)")
-        .bind(scope)
-        .bind(APP_ROLE)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    begin_as_app(pool, "app.company_ids", scope).await
 }
 
 /// Starts a transaction as the app role that may see exactly one user row by
@@ -152,9 +140,20 @@ pub async fn begin_login_lookup(
     pool: &PgPool,
     username: &str,
 ) -> Result<Transaction<'static, Postgres>, DbError> {
+    begin_as_app(pool, "app.login_username", username.to_owned()).await
+}
+
+/// A transaction as [`APP_ROLE`] with one scoping setting; both are
+/// transaction-local, so nothing reaches the next user of the connection.
+async fn begin_as_app(
+    pool: &PgPool,
+    setting: &'static str,
+    value: String,
+) -> Result<Transaction<'static, Postgres>, DbError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.login_username', $1, true), set_config('role', $2, true)")
-        .bind(username)
+    sqlx::query("SELECT set_config($1, $2, true), set_config('role', $3, true)")
+        .bind(setting)
+        .bind(value)
         .bind(APP_ROLE)
         .execute(&mut *tx)
         .await?;

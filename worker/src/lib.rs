@@ -10,9 +10,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use apalis::prelude::{
-    BackendExt, BoxDynError, Data, Monitor, Strategy, WorkerBuilder, WorkerBuilderExt,
-};
+use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use apalis_postgres::{PostgresStorage, Pubsub};
 use shared::{
     config::Config,
@@ -31,6 +29,8 @@ pub mod maintenance;
 pub mod providers;
 /// Backoff policy.
 pub mod retry;
+/// When a worker looks at the queue.
+pub mod wake;
 
 use handler::WorkerState;
 
@@ -177,9 +177,10 @@ pub async fn run(
             // LISTEN/NOTIFY wakes the worker at once; the short poll is
             // the fallback for lost notifications and for jobs whose run
             // time (a retry's backoff) has just arrived.
-            let wake = Strategy::new()
-                .stream(Pubsub::new(pool.clone(), ACTION_QUEUE.to_owned()))
-                .interval(poll_interval);
+            let wake = wake::WakeUp::new(
+                Pubsub::new(pool.clone(), ACTION_QUEUE.to_owned()),
+                poll_interval,
+            );
             let backend = PostgresStorage::<ActionJob>::new(&pool)
                 .with_config(queue_config.clone())
                 .poll_with_strategy(wake);
@@ -195,9 +196,10 @@ pub async fn run(
             let config = check_config.clone();
             let name = format!("txdx-{host_for_checks}-{incarnation_for_checks}-checks");
             move |restarts| {
-                let wake = Strategy::new()
-                    .stream(Pubsub::new(pool.clone(), CHECK_QUEUE.to_owned()))
-                    .interval(Duration::from_secs(1));
+                let wake = wake::WakeUp::new(
+                    Pubsub::new(pool.clone(), CHECK_QUEUE.to_owned()),
+                    Duration::from_secs(1),
+                );
                 let backend = PostgresStorage::<CheckJob>::new(&pool)
                     .with_config(config.clone())
                     .poll_with_strategy(wake);
