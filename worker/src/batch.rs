@@ -1,6 +1,6 @@
 //! Group commit: the deliveries running at one moment share one transaction.
 //!
-//! Each delivery hands its request (a claim, an outcome) to a [`Batcher`] and
+//! Each delivery hands its request (a claim, an outcome) to a [`Batcher`](crate::batch::Batcher) and
 //! awaits the answer. A batcher task takes every request waiting at that
 //! moment (up to `max_batch`), runs them together, and answers each. While
 //! one batch is in the database the next one gathers, so batches grow with

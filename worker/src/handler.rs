@@ -1,6 +1,6 @@
 //! `execute_action`: one delivery of one job, from claim to recorded outcome.
 //!
-//! Claims and outcomes go through [`Batcher`]s (group commit): the
+//! Claims and outcomes go through [`Batcher`](crate::batch::Batcher)s (group commit): the
 //! deliveries of one moment share one transaction, and the common case is
 //! written with set-based statements. Anything the batch does not handle
 //! takes the one-by-one path described here.
@@ -173,7 +173,7 @@ async fn claim_alone(
 
 /// The claim batcher's work: [`db::actions::claim_batch`] in one transaction
 /// scoped to the batch's companies. A job it does not claim (or every job,
-/// when the batch fails) answers `None` and takes [`claim_alone`].
+/// when the batch fails) answers `None` and takes the one-by-one claim.
 pub async fn claim_jobs(pool: PgPool, jobs: Vec<ActionJob>) -> Vec<Option<Claimed>> {
     let companies = distinct(jobs.iter().map(|j| j.company_id));
     let claimed = async {

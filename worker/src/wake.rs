@@ -6,7 +6,7 @@
 //! polling it. After a notification whose job another worker took first (an
 //! empty fetch), neither source then held the task's waker, and the worker
 //! slept until its next heartbeat: 5 s stalls every few seconds at 100
-//! tickets/s with two workers (BENCHMARKS.md). [`WakeUp`] polls every source
+//! tickets/s with two workers (BENCHMARKS.md). [`WakeUp`](crate::wake::WakeUp) polls every source
 //! until it is pending each time, so both always hold the waker; a burst of
 //! notifications also becomes one fetch instead of one each.
 
