@@ -180,6 +180,11 @@ describe('basic_frontend walk', () => {
     await page.locator('#tickets-refresh').click();
     await page.waitForFunction(() => session.access_token !== 'expired.or.tampered');
     await page.locator('#tickets-table tr', { hasText: subject }).waitFor();
+    // The table already held the ticket before the refresh: wait for the
+    // retried request itself to be reported, not for whatever came first.
+    await page.waitForFunction(
+      () => /GET \/api\/tickets\?.* → 200/.test(document.querySelector('#raw-summary')?.innerText ?? ''),
+    );
     assert.match(await page.locator('#raw-summary').innerText(), /GET \/api\/tickets\?.* → 200/);
   });
 
