@@ -52,9 +52,24 @@ pub struct Seeded {
     pub notes: Vec<String>,
 }
 
+/// A deterministic id shaped like the ones the database gives these tables
+/// (UUID version 7, migration `..24`): the copy's time (`g.at`) in the first
+/// 48 bits, the version and variant bits set, the rest from the md5 of
+/// `$seed`. An index over a real history holds time-ordered keys; random ones
+/// would make the history cost what it no longer costs.
+macro_rules! time_ordered_id {
+    ($seed:literal) => {
+        concat!(
+            "encode(set_bit(set_bit(set_bit(set_bit(set_bit(set_bit(overlay(decode(md5(",
+            $seed,
+            "), 'hex') PLACING substring(int8send((extract(epoch FROM g.at) * 1000)::bigint) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 54, 1), 55, 0), 70, 0), 71, 1), 'hex')::uuid"
+        )
+    };
+}
+
 /// Deterministic ids of the copies, one namespace per kind.
-const TICKET_ID: &str = "md5('txdx-bench-history-ticket-' || g.n)::uuid";
-const ACTION_ID: &str = "md5('txdx-bench-history-action-' || g.n)::uuid";
+const TICKET_ID: &str = time_ordered_id!("'txdx-bench-history-ticket-' || g.n");
+const ACTION_ID: &str = time_ordered_id!("'txdx-bench-history-action-' || g.n");
 /// Queue job ids must parse as ULIDs (26 Crockford base-32 characters, the
 /// first at most 7): a fixed prefix and the row number in decimal digits.
 const HISTORY_JOB_ID: &str = "'00BENCHH' || lpad(g.n::text, 18, '0')";
@@ -260,7 +275,7 @@ async fn seed_on(
         &[
             (
                 "id",
-                "md5('txdx-bench-history-audit-' || g.n || '-' || tpl.id)::uuid".into(),
+                time_ordered_id!("'txdx-bench-history-audit-' || g.n || '-' || tpl.id").into(),
             ),
             ("company_id", COMPANY.into()),
             (

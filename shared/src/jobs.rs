@@ -71,6 +71,11 @@ pub struct ActionEnqueue {
     pub backlog: i64,
 }
 
+/// A fresh queue job id. apalis-postgres decodes job ids as ULIDs.
+pub fn new_job_id() -> String {
+    ulid::Ulid::generate().to_string()
+}
+
 /// Pushes many jobs with one insert and records each job id on its action
 /// with one update; the job ids come back in the order of `jobs`.
 ///
@@ -83,11 +88,39 @@ pub async fn enqueue_actions(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
+    let job_ids: Vec<String> = jobs.iter().map(|_| new_job_id()).collect();
+    push_action_jobs(conn, &job_ids, jobs).await?;
+    let action_ids: Vec<Uuid> = jobs.iter().map(|j| j.job.action_id).collect();
+    sqlx::query(
+        "UPDATE ticket_actions a SET job_id = v.job_id, updated_at = now() FROM unnest($1::uuid[], $2::text[]) AS v(action_id, job_id) WHERE a.id = ANY($1) AND a.id = v.action_id",
+    )
+    .bind(&action_ids)
+    .bind(&job_ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(job_ids)
+}
+
+/// Pushes one job per item of `jobs` with the id at the same index of
+/// `job_ids`, in one insert, and nothing else: for callers that wrote each
+/// job id on its action themselves (a new ticket's actions are inserted with
+/// it, which saves [`enqueue_actions`]' update).
+///
+/// # Errors
+/// When the insert fails, or the two slices differ in length.
+pub async fn push_action_jobs(
+    conn: &mut PgConnection,
+    job_ids: &[String],
+    jobs: &[ActionEnqueue],
+) -> Result<(), DbError> {
+    if job_ids.len() != jobs.len() {
+        return Err(DbError::Invalid {
+            field: "job".into(),
+            message: format!("{} job ids for {} jobs", job_ids.len(), jobs.len()),
+        });
+    }
     let mut tasks = Vec::with_capacity(jobs.len());
-    let mut job_ids = Vec::with_capacity(jobs.len());
-    for item in jobs {
-        // apalis-postgres decodes job ids as ULIDs.
-        let job_id = ulid::Ulid::generate().to_string();
+    for (job_id, item) in job_ids.iter().zip(jobs) {
         let args = serde_json::to_vec(&item.job).map_err(|e| DbError::Invalid {
             field: "job".into(),
             message: e.to_string(),
@@ -101,7 +134,6 @@ pub async fn enqueue_actions(
             builder = builder.run_at_timestamp(u64::try_from(at.timestamp()).unwrap_or(0));
         }
         tasks.push(builder.build());
-        job_ids.push(job_id);
     }
     apalis_postgres::queries::push_tasks(&mut *conn, ACTION_QUEUE, tasks)
         .await
@@ -111,16 +143,7 @@ pub async fn enqueue_actions(
                 field: "job".into(),
                 message: other.to_string(),
             },
-        })?;
-    let action_ids: Vec<Uuid> = jobs.iter().map(|j| j.job.action_id).collect();
-    sqlx::query(
-        "UPDATE ticket_actions a SET job_id = v.job_id, updated_at = now() FROM unnest($1::uuid[], $2::text[]) AS v(action_id, job_id) WHERE a.id = ANY($1) AND a.id = v.action_id",
-    )
-    .bind(&action_ids)
-    .bind(&job_ids)
-    .execute(&mut *conn)
-    .await?;
-    Ok(job_ids)
+        })
 }
 
 /// The apalis queue that carries integration connection tests.
@@ -145,7 +168,7 @@ pub async fn enqueue_check(conn: &mut PgConnection, job: &CheckJob) -> Result<()
         message: e.to_string(),
     })?;
     let task = TaskBuilder::new(args)
-        .task_id(TaskId::from_string(ulid::Ulid::generate().to_string()))
+        .task_id(TaskId::from_string(new_job_id()))
         .max_attempts(3)
         .build();
     apalis_postgres::queries::push_tasks(&mut *conn, CHECK_QUEUE, vec![task])

@@ -297,3 +297,75 @@ async fn one_batch_records_outcomes_like_the_one_by_one_path(pool: PgPool) {
         "PENDING"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn over_a_large_finished_history_a_batch_reaches_its_rows_by_key(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (a, a_fw) = company(&pool, "alpha", json!({})).await;
+    // 20,000 finished tickets, analysed: the statistics say nothing is
+    // PENDING, so an index on status looks like the cheapest way to any
+    // PENDING row. The batch must use the keys it has all the same.
+    sqlx::query(
+        "WITH t AS (
+             INSERT INTO tickets (company_id, subject, status, executed_at)
+             SELECT $1, 'old', 'EXECUTED', now() FROM generate_series(1, 20000)
+             RETURNING id)
+         INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action, status, attempts)
+         SELECT $1, t.id, 0, $2, 'PALO_ALTO', 'block_ip', 'SUCCEEDED', 1 FROM t",
+    )
+    .bind(a)
+    .bind(a_fw)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE tickets, ticket_actions")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Then a queue of live work that the statistics have not seen (one
+    // action a ticket: the outcome looks for a next action and finds none,
+    // so no follow-up is enqueued and the backlog count, which does read the
+    // status index, does not run).
+    let mut jobs = Vec::new();
+    for _ in 0..80 {
+        jobs.extend(ticket(&pool, a, a_fw, 1).await);
+    }
+    let first: Vec<ActionJob> = jobs.iter().step_by(10).cloned().collect();
+
+    let mut tx = db::begin_tenants(&pool, &[a]).await.unwrap();
+    let claimed = db::actions::claim_batch(&mut tx, &first).await.unwrap();
+    assert_eq!(claimed.len(), 8);
+    let items = first
+        .iter()
+        .map(|job| {
+            let claim = &claimed[&job.action_id];
+            AttemptOutcome {
+                action: claim.action.clone(),
+                attempt: claim.attempt,
+                outcome: Outcome::Succeeded { result: json!({}) },
+            }
+        })
+        .collect();
+    let recorded = db::actions::record_batch(&mut tx, items).await.unwrap();
+    assert_eq!(recorded.len(), 8);
+    let scans: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT indexrelid::regclass::text, pg_stat_get_xact_numscans(indexrelid) FROM pg_index
+         WHERE indrelid IN ('tickets'::regclass, 'ticket_actions'::regclass) ORDER BY 1",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    for (index, n) in &scans {
+        let by_status = index.ends_with("_status_idx")
+            || index.ends_with("_status_created_idx")
+            || index.ends_with("_active_idx");
+        assert!(
+            !by_status || *n == 0,
+            "{index} was scanned to reach rows the batch names by key: {scans:?}"
+        );
+    }
+    tx.commit().await.unwrap();
+    for job in &first {
+        assert_eq!(status_of(&pool, "tickets", job.ticket_id).await, "EXECUTED");
+    }
+}

@@ -408,3 +408,147 @@ async fn queue_stats_count_ready_scheduled_and_running_jobs_and_the_oldest_wait(
         stats.oldest_ready_age_secs
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_backlog_counts_the_companys_pending_and_running_actions_up_to_the_cap(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (company, _, actions) = seed(&pool, json!({}), 4).await;
+    let (other, _, _) = {
+        sqlx::query("UPDATE companies SET name = 'Acme 1' WHERE id = $1")
+            .bind(company)
+            .execute(&pool)
+            .await
+            .unwrap();
+        seed(&pool, json!({}), 3).await
+    };
+    for (action, status) in [(actions[0], "RUNNING"), (actions[1], "SUCCEEDED")] {
+        sqlx::query("UPDATE ticket_actions SET status = $2 WHERE id = $1")
+            .bind(action)
+            .bind(status)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    let backlogs = db::actions::company_backlogs(&mut conn, &[company, other, company])
+        .await
+        .unwrap();
+    assert_eq!(backlogs.len(), 2);
+    assert_eq!(backlogs[&company], 3, "2 PENDING + 1 RUNNING");
+    assert_eq!(backlogs[&other], 3);
+
+    // Above the cap every backlog reads as the cap, RUNNING ones included.
+    let cap = db::actions::BACKLOG_CAP;
+    sqlx::query(
+        "INSERT INTO ticket_actions (company_id, ticket_id, position, provider, action, status)
+         SELECT company_id, ticket_id, g, 'PALO_ALTO', 'block_ip', CASE WHEN g % 2 = 0 THEN 'PENDING' ELSE 'RUNNING' END
+         FROM ticket_actions, generate_series(1, $2::int) AS g WHERE id = $1",
+    )
+    .bind(actions[2])
+    .bind(i32::try_from(cap).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        db::actions::company_backlog(&mut conn, company)
+            .await
+            .unwrap(),
+        cap
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn tickets_actions_and_audit_rows_get_time_ordered_version_7_ids(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (company, _, actions) = seed(&pool, json!({}), 3).await;
+    sqlx::query(
+        "INSERT INTO audit_logs (company_id, action, entity_type) VALUES ($1, 'test', 'ticket')",
+    )
+    .bind(company)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "(SELECT id FROM tickets ORDER BY created_at)
+         UNION ALL (SELECT id FROM ticket_actions WHERE id = ANY($1))
+         UNION ALL (SELECT id FROM audit_logs)",
+    )
+    .bind(&actions)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), 7);
+    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap();
+    let mut last_ms = 0;
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+        let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+        assert!(
+            now_ms.abs_diff(ms) < 60_000,
+            "{id} carries the time of its insert"
+        );
+        if i < 3 {
+            assert!(ms >= last_ms, "tickets inserted later carry later times");
+            last_ms = ms;
+        }
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_fetch_takes_due_jobs_of_its_queue_by_priority_then_age_and_locks_them(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers) VALUES ('w', $1, 'pg', '')")
+        .bind(ACTION_QUEUE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (id, job_type, status, priority, run_at) in [
+        ("old-low", ACTION_QUEUE, "Pending", 1, "-30 seconds"),
+        ("new-high", ACTION_QUEUE, "Pending", 5, "-1 second"),
+        ("old-high", ACTION_QUEUE, "Pending", 5, "-20 seconds"),
+        ("future", ACTION_QUEUE, "Pending", 9, "1 minute"),
+        ("other-queue", "someone::else", "Pending", 9, "-60 seconds"),
+        ("done", ACTION_QUEUE, "Done", 9, "-60 seconds"),
+    ] {
+        sqlx::query(
+            "INSERT INTO apalis.jobs (job, id, job_type, status, priority, run_at) VALUES ('\\x00'::bytea, $1, $2, $3, $4, now() + $5::interval)",
+        )
+        .bind(id)
+        .bind(job_type)
+        .bind(status)
+        .bind(priority)
+        .bind(run_at)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // The fetch is called many times on one connection: the plan PL/pgSQL
+    // keeps must keep answering right.
+    let mut conn = pool.acquire().await.unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..8 {
+        // Which jobs a fetch takes is the contract; the order it returns
+        // them in is not.
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM apalis.get_jobs('w', $1, 2) ORDER BY id")
+                .bind(ACTION_QUEUE)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        taken.push(ids);
+    }
+    assert_eq!(taken[0], ["new-high", "old-high"]);
+    assert_eq!(taken[1], ["old-low"]);
+    assert!(taken[2..].iter().all(Vec::is_empty), "{taken:?}");
+    let locked: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, lock_by FROM apalis.jobs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (id, status, lock_by) in locked {
+        let fetched = ["old-high", "new-high", "old-low"].contains(&id.as_str());
+        assert_eq!(status == "Queued", fetched, "{id}: {status}");
+        assert_eq!(lock_by.as_deref() == Some("w"), fetched, "{id}");
+    }
+}

@@ -24,7 +24,7 @@ use shared::{
         tickets::{NewAction, NewTicket, TicketFilter},
     },
     domain::{ActionStatus, Provider, Ticket, TicketAction, TicketStatus},
-    jobs::{ActionJob, enqueue_action},
+    jobs::{self, ActionEnqueue, ActionJob},
     providers::validate_action,
 };
 use utoipa::{IntoParams, ToSchema};
@@ -450,20 +450,32 @@ async fn create_ticket(
         },
     )
     .await?;
-    let mut actions =
-        db::tickets::insert_ticket_actions(&mut tx, user.company_id, ticket.id, &new_actions)
-            .await?;
-    if let Some(first) = actions.first() {
+    // The first action is inserted with the id of the job that will carry
+    // it, and the job is pushed after: no second write of the action.
+    let first_job_id = (!new_actions.is_empty()).then(jobs::new_job_id);
+    let mut actions = db::tickets::insert_ticket_actions(
+        &mut tx,
+        user.company_id,
+        ticket.id,
+        &new_actions,
+        first_job_id.as_deref(),
+    )
+    .await?;
+    actions.sort_by_key(|a| a.position);
+    if let (Some(first), Some(job_id)) = (actions.first(), first_job_id) {
         let backlog = db::actions::company_backlog(&mut tx, user.company_id).await?;
-        enqueue_action(
+        jobs::push_action_jobs(
             &mut tx,
-            &ActionJob {
-                company_id: user.company_id,
-                ticket_id: ticket.id,
-                action_id: first.id,
-            },
-            None,
-            backlog,
+            &[job_id],
+            &[ActionEnqueue {
+                job: ActionJob {
+                    company_id: user.company_id,
+                    ticket_id: ticket.id,
+                    action_id: first.id,
+                },
+                run_at: None,
+                backlog,
+            }],
         )
         .await?;
     }
@@ -498,7 +510,6 @@ async fn create_ticket(
     tx.commit().await.map_err(db::DbError::from)?;
     metrics::counter!("txdx_api_tickets_created_total").increment(1);
     tracing::info!(ticket.id = %ticket.id, company.id = %user.company_id, actions = actions.len(), "ticket {} created", ticket.id);
-    actions.sort_by_key(|a| a.position);
     Ok((
         StatusCode::CREATED,
         Json(TicketResponse::new(ticket, Some(actions))),

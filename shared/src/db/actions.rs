@@ -324,7 +324,7 @@ pub async fn record_outcome(
         });
     }
     let owned: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM ticket_actions WHERE id = $1 AND status = 'RUNNING' AND attempts = $2 FOR UPDATE",
+        "SELECT id FROM ticket_actions WHERE id = $1 AND status IS NOT DISTINCT FROM 'RUNNING' AND attempts = $2 FOR UPDATE",
     )
     .bind(action.id)
     .bind(attempt)
@@ -394,7 +394,7 @@ async fn finish_action(
                 .bind(error)
                 .execute(&mut *conn)
                 .await?;
-            sqlx::query("UPDATE ticket_actions SET status = 'CANCELLED', last_error = 'not run: an earlier action did not succeed', finished_at = now(), updated_at = now() WHERE ticket_id = $1 AND company_id = $2 AND position > $3 AND status = 'PENDING'")
+            sqlx::query("UPDATE ticket_actions SET status = 'CANCELLED', last_error = 'not run: an earlier action did not succeed', finished_at = now(), updated_at = now() WHERE ticket_id = $1 AND company_id = $2 AND position > $3 AND status IS NOT DISTINCT FROM 'PENDING'")
                 .bind(action.ticket_id)
                 .bind(action.company_id)
                 .bind(action.position)
@@ -453,8 +453,15 @@ pub async fn company_backlogs(
     conn: &mut PgConnection,
     company_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, i64>, DbError> {
+    // One ordered scan per status, each in the order of
+    // `ticket_actions_company_status_idx`: only an index scan yields that
+    // order, and it stops at the LIMIT. With `status IN (..)` and stale
+    // statistics the planner chose a bitmap scan, which reads every queued
+    // action of the company before the LIMIT applies (5 ms for 21,000).
     let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT c.id, (SELECT count(*) FROM (SELECT 1 FROM ticket_actions WHERE company_id = c.id AND status IN ('PENDING', 'RUNNING') LIMIT $2) AS capped)
+        "SELECT c.id, LEAST($2,
+                (SELECT count(*) FROM (SELECT 1 FROM ticket_actions WHERE company_id = c.id AND status = 'PENDING' ORDER BY created_at DESC LIMIT $2) AS pending)
+              + (SELECT count(*) FROM (SELECT 1 FROM ticket_actions WHERE company_id = c.id AND status = 'RUNNING' ORDER BY created_at DESC LIMIT $2) AS running))
          FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS u(id)) AS c",
     )
     .bind(company_ids)
@@ -515,12 +522,12 @@ pub async fn claim_batch(
              CROSS JOIN LATERAL (
                  SELECT a.id, a.ticket_id, a.integration_id FROM ticket_actions a
                  WHERE a.id = r.action_id AND a.company_id = r.company_id
-                   AND a.status = 'PENDING' AND a.attempts < a.max_attempts
+                   AND a.status IS NOT DISTINCT FROM 'PENDING' AND a.attempts < a.max_attempts
                  FOR UPDATE
              ) a
              CROSS JOIN LATERAL (
                  SELECT t.id FROM tickets t
-                 WHERE t.id = a.ticket_id AND t.company_id = r.company_id AND t.status = 'PENDING'
+                 WHERE t.id = a.ticket_id AND t.company_id = r.company_id AND t.status IS NOT DISTINCT FROM 'PENDING'
                  FOR SHARE
              ) t
              LEFT JOIN integrations i ON i.id = a.integration_id AND i.company_id = r.company_id
@@ -641,7 +648,7 @@ async fn record_successes(
         "UPDATE ticket_actions a
          SET status = 'SUCCEEDED', result = v.result, last_error = NULL, finished_at = now(), updated_at = now()
          FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) AS v(id, attempt, result)
-         WHERE a.id = ANY($1) AND a.id = v.id AND a.status = 'RUNNING' AND a.attempts = v.attempt
+         WHERE a.id = ANY($1) AND a.id = v.id AND a.status IS NOT DISTINCT FROM 'RUNNING' AND a.attempts = v.attempt
          RETURNING a.id",
     )
     .bind(&ids)
@@ -686,7 +693,7 @@ async fn record_successes(
          FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS v(ticket_id, company_id, position)
          CROSS JOIN LATERAL (
              SELECT a.id, a.company_id FROM ticket_actions a
-             WHERE a.ticket_id = v.ticket_id AND a.position > v.position AND a.status = 'PENDING'
+             WHERE a.ticket_id = v.ticket_id AND a.position > v.position AND a.status IS NOT DISTINCT FROM 'PENDING'
              ORDER BY a.position
              LIMIT 1
          ) n
@@ -794,7 +801,7 @@ pub async fn settle_tickets(
         "UPDATE tickets t
          SET status = v.status, status_reason = v.reason, executed_at = now(), updated_at = now()
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS v(id, company_id, status, reason)
-         WHERE t.id = ANY($1) AND t.id = v.id AND t.company_id = v.company_id AND t.status = 'PENDING'
+         WHERE t.id = ANY($1) AND t.id = v.id AND t.company_id = v.company_id AND t.status IS NOT DISTINCT FROM 'PENDING'
          RETURNING t.id, t.company_id, t.status, t.status_reason",
     )
     .bind(&ids)

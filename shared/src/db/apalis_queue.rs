@@ -35,18 +35,22 @@ pub struct QueueStats {
 /// Database failures.
 pub async fn queue_stats(conn: &mut PgConnection, queue: &str) -> Result<QueueStats, DbError> {
     let (ready, scheduled, running, oldest): (i64, i64, i64, Option<f64>) = sqlx::query_as(
-        "WITH live AS (
-             SELECT status, run_at,
-                    (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AS waiting
-             FROM apalis.jobs
-             WHERE job_type = $1
-               AND (status IN ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))
+        // Two scans, each with exactly the predicate of a partial index
+        // over live jobs only (apalis's fetch index; migration 0021's
+        // live-lock index), so the cost follows the live work, not the
+        // finished history the table keeps (one combined filter read the
+        // whole table: 443 ms with 1,000,000 finished jobs).
+        "WITH waiting AS (
+             SELECT run_at FROM apalis.jobs
+             WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
+         ), taken AS (
+             SELECT 1 FROM apalis.jobs
+             WHERE (status = 'Running' OR status = 'Queued') AND job_type = $1
          )
-         SELECT count(*) FILTER (WHERE waiting AND run_at <= now()),
-                count(*) FILTER (WHERE waiting AND run_at > now()),
-                count(*) FILTER (WHERE status IN ('Queued', 'Running')),
-                extract(epoch FROM now() - min(run_at) FILTER (WHERE waiting AND run_at <= now()))::float8
-         FROM live",
+         SELECT (SELECT count(*) FROM waiting WHERE run_at <= now()),
+                (SELECT count(*) FROM waiting WHERE run_at > now()),
+                (SELECT count(*) FROM taken),
+                (SELECT extract(epoch FROM now() - min(run_at))::float8 FROM waiting WHERE run_at <= now())",
     )
     .bind(queue)
     .fetch_one(conn)

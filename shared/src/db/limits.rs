@@ -228,7 +228,7 @@ pub async fn wake_slot_waiters(
              FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[]) AS v(company_id, integration_id)) v
              CROSS JOIN LATERAL (
                  SELECT job_id FROM ticket_actions
-                 WHERE company_id = v.company_id AND integration_id = v.integration_id AND status = 'PENDING'
+                 WHERE company_id = v.company_id AND integration_id = v.integration_id AND status IS NOT DISTINCT FROM 'PENDING'
                    AND slot_wait_since IS NOT NULL AND job_id IS NOT NULL
                  ORDER BY slot_wait_since
                  LIMIT 1

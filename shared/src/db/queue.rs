@@ -175,14 +175,14 @@ pub async fn cancel_action(
     position: i32,
     reason: &str,
 ) -> Result<(), DbError> {
-    sqlx::query("UPDATE ticket_actions SET status = 'CANCELLED', last_error = $4, finished_at = now(), updated_at = now() WHERE ticket_id = $1 AND company_id = $2 AND position >= $3 AND status = 'PENDING'")
+    sqlx::query("UPDATE ticket_actions SET status = 'CANCELLED', last_error = $4, finished_at = now(), updated_at = now() WHERE ticket_id = $1 AND company_id = $2 AND position >= $3 AND status IS NOT DISTINCT FROM 'PENDING'")
         .bind(ticket_id)
         .bind(company_id)
         .bind(position)
         .bind(reason)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("UPDATE tickets SET status = 'DERIVED', status_reason = $3, executed_at = now(), updated_at = now() WHERE id = $1 AND company_id = $2 AND status = 'PENDING'")
+    sqlx::query("UPDATE tickets SET status = 'DERIVED', status_reason = $3, executed_at = now(), updated_at = now() WHERE id = $1 AND company_id = $2 AND status IS NOT DISTINCT FROM 'PENDING'")
         .bind(ticket_id)
         .bind(company_id)
         .bind(reason)

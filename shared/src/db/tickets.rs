@@ -54,7 +54,8 @@ pub async fn insert_ticket(conn: &mut PgConnection, new: NewTicket<'_>) -> Resul
     .await?)
 }
 
-/// Inserts a ticket's actions at positions 0.., in one statement.
+/// Inserts a ticket's actions at positions 0.., in one statement; the first
+/// one carries `first_job_id`, the queue job the caller pushes for it.
 ///
 /// # Errors
 /// Database failures.
@@ -63,6 +64,7 @@ pub async fn insert_ticket_actions(
     company_id: Uuid,
     ticket_id: Uuid,
     actions: &[NewAction],
+    first_job_id: Option<&str>,
 ) -> Result<Vec<TicketAction>, DbError> {
     if actions.is_empty() {
         return Ok(Vec::new());
@@ -76,8 +78,10 @@ pub async fn insert_ticket_actions(
     let params: Vec<serde_json::Value> = actions.iter().map(|a| a.params.clone()).collect();
     let max_attempts: Vec<i32> = actions.iter().map(|a| a.max_attempts).collect();
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action, params, max_attempts)
-         SELECT $1, $2, * FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[], $8::int[])
+        "INSERT INTO ticket_actions (company_id, ticket_id, job_id, position, integration_id, provider, action, params, max_attempts)
+         SELECT $1, $2, CASE WHEN v.position = 0 THEN $9 END, v.*
+         FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[], $8::int[])
+              AS v(position, integration_id, provider, action, params, max_attempts)
          RETURNING {ACTION_COLUMNS}"
     )))
     .bind(company_id)
@@ -88,6 +92,7 @@ pub async fn insert_ticket_actions(
     .bind(&names)
     .bind(&params)
     .bind(&max_attempts)
+    .bind(first_job_id)
     .fetch_all(conn)
     .await?)
 }
@@ -230,7 +235,7 @@ pub async fn derive_ticket(
 ) -> Result<Option<Ticket>, DbError> {
     let ticket: Option<Ticket> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE tickets SET status = 'DERIVED', status_reason = $3, executed_at = now(), updated_at = now()
-         WHERE id = $1 AND company_id = $2 AND status = 'PENDING' RETURNING {TICKET_COLUMNS}"
+         WHERE id = $1 AND company_id = $2 AND status IS NOT DISTINCT FROM 'PENDING' RETURNING {TICKET_COLUMNS}"
     )))
     .bind(id)
     .bind(company_id)
