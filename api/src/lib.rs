@@ -69,6 +69,10 @@ pub fn build_app(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_origins);
     let board = board::routes(&state);
     router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_in_flight,
+        ))
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", api))
         .merge(board)
         .nest_service("/app", frontend.clone())
@@ -90,6 +94,29 @@ pub fn build_app(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Works on at most `API_MAX_IN_FLIGHT` `/api/` requests at once and refuses
+/// the next at once (503 problem, `Retry-After: 1`), so an overload costs
+/// neither unbounded memory nor unbounded latency: without it, requests
+/// waited for a database connection up to 10 s and the api grew to 150 MiB
+/// (BENCHMARKS.md, full run 2). `/health` and `/ready` are not limited.
+async fn limit_in_flight(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !request.uri().path().starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        metrics::counter!("txdx_api_requests_shed_total").increment(1);
+        return axum::response::IntoResponse::into_response(ApiError::Overloaded(format!(
+            "the api is working on its limit of {} requests; retry shortly",
+            state.config.api_max_in_flight
+        )));
+    };
+    next.run(request).await
 }
 
 /// Records `txdx_api_http_requests_total` and

@@ -105,7 +105,10 @@ pub fn document_common_responses(api: &mut utoipa::openapi::OpenApi) {
                 add("415", "Body not sent as `Content-Type: application/json`");
             }
             if path.starts_with("/api/") {
-                add("503", "Database unavailable; retry shortly");
+                add(
+                    "503",
+                    "Database unavailable, or the api at its limit of requests in flight (with `Retry-After`); retry shortly",
+                );
             }
         }
     }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub hashing: Arc<Semaphore>,
     /// Recently verified operator credentials for the queue board.
     pub operator_auth: crate::board::OperatorAuthCache,
+    /// One permit per `/api/` request being worked on (`API_MAX_IN_FLIGHT`).
+    pub in_flight: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
         let permits = std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(2);
+        let in_flight = Arc::new(Semaphore::new(config.api_max_in_flight));
         Self {
             tokens: Arc::new(TokenCodec::from_config(&config)),
             pool,
@@ -66,6 +69,7 @@ impl AppState {
             metrics,
             hashing: Arc::new(Semaphore::new(permits)),
             operator_auth: crate::board::OperatorAuthCache::default(),
+            in_flight,
         }
     }
 }

@@ -118,6 +118,11 @@ pub struct Config {
     pub local_secret_key_file: String,
     /// `SECRET_CACHE_TTL_SECS` (default 300): worker credential cache lifetime.
     pub secret_cache_ttl: Duration,
+    /// `API_MAX_IN_FLIGHT` (default 256): `/api/` requests the api works on
+    /// at once; one more is refused at once with 503 and `Retry-After`, so an
+    /// overload turns into fast refusals with bounded memory rather than a
+    /// queue that grows without limit.
+    pub api_max_in_flight: usize,
     /// `WORKER_CONCURRENCY` (default 64): actions one worker process runs at
     /// once; also its fetch batch and the largest group commit.
     pub worker_concurrency: usize,
@@ -267,6 +272,13 @@ impl Config {
                 reason: "must be between 1 and 1024".into(),
             });
         }
+        let api_max_in_flight = env.parse("API_MAX_IN_FLIGHT", 256usize)?;
+        if !(1..=65_536).contains(&api_max_in_flight) {
+            return Err(ConfigError::Invalid {
+                var: "API_MAX_IN_FLIGHT",
+                reason: "must be between 1 and 65536".into(),
+            });
+        }
         let action_max_attempts = env.parse("ACTION_MAX_ATTEMPTS", 5i32)?;
         if !(1..=100).contains(&action_max_attempts) {
             return Err(ConfigError::Invalid {
@@ -303,6 +315,7 @@ impl Config {
                 .optional("TXDX_LOCAL_SECRET_KEY_FILE")
                 .unwrap_or_else(|| ".data/local-secret.key".into()),
             secret_cache_ttl: Duration::from_secs(env.parse("SECRET_CACHE_TTL_SECS", 300u64)?),
+            api_max_in_flight,
             worker_concurrency,
             worker_metrics_addr: env.parse(
                 "WORKER_METRICS_ADDR",
@@ -389,6 +402,7 @@ mod tests {
         let config = Config::from_vars(base()).unwrap();
         assert_eq!(config.api_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.worker_concurrency, 64);
+        assert_eq!(config.api_max_in_flight, 256);
         assert!(config.azure.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(config.job_retention, Duration::from_secs(7 * 24 * 3600));

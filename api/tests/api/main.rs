@@ -19,6 +19,7 @@ mod jobs;
 mod limits;
 mod login_abuse;
 mod openapi_drift;
+mod overload;
 mod parsers;
 mod tenant_isolation;
 mod test_app;
