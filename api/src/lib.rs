@@ -35,6 +35,8 @@ pub mod pagination;
 pub mod routes;
 /// Handler state.
 pub mod state;
+/// Ticket creation and its group commit.
+pub mod ticket_writer;
 
 use error::ApiError;
 use state::AppState;

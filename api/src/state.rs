@@ -27,6 +27,8 @@ pub struct AppState {
     pub operator_auth: crate::board::OperatorAuthCache,
     /// One permit per `/api/` request being worked on (`API_MAX_IN_FLIGHT`).
     pub in_flight: Arc<Semaphore>,
+    /// The group commit of new tickets.
+    pub tickets: crate::ticket_writer::TicketWriter,
 }
 
 impl AppState {
@@ -50,7 +52,8 @@ impl AppState {
 }
 
 impl AppState {
-    /// Builds the state; password hashing is bounded by the number of CPUs.
+    /// Builds the state and starts the ticket writers (so it must run inside
+    /// a Tokio runtime); password hashing is bounded by the number of CPUs.
     pub fn new(
         pool: PgPool,
         config: Arc<Config>,
@@ -61,6 +64,7 @@ impl AppState {
             .map(usize::from)
             .unwrap_or(2);
         let in_flight = Arc::new(Semaphore::new(config.api_max_in_flight));
+        let tickets = crate::ticket_writer::TicketWriter::spawn(pool.clone(), config.clone());
         Self {
             tokens: Arc::new(TokenCodec::from_config(&config)),
             pool,
@@ -70,6 +74,7 @@ impl AppState {
             hashing: Arc::new(Semaphore::new(permits)),
             operator_auth: crate::board::OperatorAuthCache::default(),
             in_flight,
+            tickets,
         }
     }
 }

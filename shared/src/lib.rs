@@ -7,6 +7,8 @@
 pub mod agents;
 /// Password hashing and access/refresh token encoding.
 pub mod auth;
+/// Group commit: concurrent requests served in batches.
+pub mod batch;
 /// Typed configuration read once from the environment.
 pub mod config;
 /// Connection pool, migrations, tenant transactions and every SQL statement.

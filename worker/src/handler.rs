@@ -1,6 +1,6 @@
 //! `execute_action`: one delivery of one job, from claim to recorded outcome.
 //!
-//! Claims and outcomes go through [`Batcher`](crate::batch::Batcher)s (group commit): the
+//! Claims and outcomes go through [`Batcher`](shared::batch::Batcher)s (group commit): the
 //! deliveries of one moment share one transaction, and the common case is
 //! written with set-based statements. Anything the batch does not handle
 //! takes the one-by-one path described here.
@@ -21,6 +21,7 @@ use std::{sync::Arc, time::Instant};
 use chrono::Utc;
 use shared::{
     PgPool,
+    batch::Batcher,
     db::{
         self,
         actions::{AttemptOutcome, AttemptStart, ClaimPolicy, Claimed, Outcome, Recorded},
@@ -32,7 +33,6 @@ use shared::{
 };
 
 use crate::{
-    batch::Batcher,
     providers::{ActionCall, Credentials, ProviderError, Providers, serialization_key},
     retry::Backoff,
 };

@@ -17,8 +17,6 @@ use shared::{
     jobs::{ACTION_QUEUE, ActionJob, CHECK_QUEUE, CheckJob},
 };
 
-/// Group commit of claims and outcomes.
-pub mod batch;
 /// Integration connection tests.
 pub mod checks;
 /// One delivery: claim, run, record.
@@ -62,11 +60,11 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
     }
     // Two lanes: one batch gathers while the other is in the database.
     let batch_size = config.worker_concurrency;
-    let claims = batch::Batcher::spawn(2, batch_size, {
+    let claims = shared::batch::Batcher::spawn("claims", 2, batch_size, {
         let pool = pool.clone();
         move |jobs| handler::claim_jobs(pool.clone(), jobs)
     });
-    let outcomes = batch::Batcher::spawn(2, batch_size, {
+    let outcomes = shared::batch::Batcher::spawn("outcomes", 2, batch_size, {
         let pool = pool.clone();
         move |items| handler::record_outcomes(pool.clone(), items)
     });

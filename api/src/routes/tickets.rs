@@ -18,14 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shared::{
-    db::{
-        self,
-        audit::NewAuditEvent,
-        tickets::{NewAction, NewTicket, TicketFilter},
-    },
+    db::{self, audit::NewAuditEvent, tickets::TicketFilter},
     domain::{ActionStatus, Provider, Ticket, TicketAction, TicketStatus},
-    jobs::{self, ActionEnqueue, ActionJob},
-    providers::validate_action,
 };
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -36,6 +30,7 @@ use crate::{
     error::ApiError,
     extract::{Json, Path, Query},
     state::AppState,
+    ticket_writer::{CreateTicket, Created, create_tickets},
 };
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -360,14 +355,58 @@ async fn create_ticket(
             format!("at most {MAX_ACTIONS} actions per ticket"),
         ));
     }
-    let request_hash = hex::encode(Sha256::digest(
-        serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))?,
-    ));
+    // The body's digest, recorded with an Idempotency-Key to tell a replay
+    // from a key reused with another body.
+    let keyed = match idempotency_key {
+        None => None,
+        Some(key) => {
+            let body = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))?;
+            Some((key, hex::encode(Sha256::digest(body))))
+        }
+    };
 
-    let mut tx = db::begin_tenant(&state.pool, user.company_id).await?;
-    if let Some(key) = &idempotency_key
-        && let Some((hash, ticket_id)) =
-            db::tickets::claim_idempotency_key(&mut tx, user.company_id, key).await?
+    let request = CreateTicket {
+        user,
+        subject: subject.to_owned(),
+        description: body.description,
+        actions: body.actions,
+    };
+    let (created, replayed) = match keyed {
+        None => (state.tickets.create(request).await?, false),
+        Some((key, hash)) => create_idempotent(&state, request, &key, &hash).await?,
+    };
+    let Created { ticket, actions } = created;
+    if !replayed {
+        metrics::counter!("txdx_api_tickets_created_total").increment(1);
+        tracing::info!(ticket.id = %ticket.id, company.id = %user.company_id, actions = actions.len(), "ticket {} created", ticket.id);
+    }
+    let mut response = (
+        StatusCode::CREATED,
+        Json(TicketResponse::new(ticket, Some(actions))),
+    )
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// A creation under an `Idempotency-Key`, in a transaction of its own: the
+/// key is claimed first, so a replay returns the ticket the key made (and
+/// `true`), a key reused with another body is refused, and a new key is
+/// recorded with the ticket it makes.
+async fn create_idempotent(
+    state: &AppState,
+    request: CreateTicket,
+    key: &str,
+    request_hash: &str,
+) -> Result<(Created, bool), ApiError> {
+    let company_id = request.user.company_id;
+    let mut tx = db::begin_tenant(&state.pool, company_id).await?;
+    if let Some((hash, ticket_id)) =
+        db::tickets::claim_idempotency_key(&mut tx, company_id, key).await?
     {
         if hash != request_hash {
             return Err(ApiError::invalid(
@@ -375,146 +414,28 @@ async fn create_ticket(
                 "this key was used with a different request body",
             ));
         }
-        let ticket = db::tickets::find_ticket(&mut tx, user.company_id, ticket_id).await?;
-        let actions = db::tickets::list_ticket_actions(&mut tx, user.company_id, ticket_id).await?;
+        let ticket = db::tickets::find_ticket(&mut tx, company_id, ticket_id).await?;
+        let actions = db::tickets::list_ticket_actions(&mut tx, company_id, ticket_id).await?;
         tx.commit().await.map_err(db::DbError::from)?;
-        let mut response = (
-            StatusCode::CREATED,
-            Json(TicketResponse::new(ticket, Some(actions))),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        return Ok(response);
+        return Ok((Created { ticket, actions }, true));
     }
-
-    // Validate every action against the company's integrations and the catalogue.
-    let ids: Vec<Uuid> = body.actions.iter().map(|a| a.integration_id).collect();
-    let integrations = db::integrations::find_integrations(&mut tx, user.company_id, &ids).await?;
-    let mut new_actions = Vec::with_capacity(body.actions.len());
-    for (i, action) in body.actions.iter().enumerate() {
-        let prefix = format!("actions[{i}]");
-        let integration = integrations
-            .iter()
-            .find(|it| it.id == action.integration_id)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    format!("{prefix}.integration_id"),
-                    "no such integration in this company",
-                )
-            })?;
-        if let Some(provider) = action.provider
-            && provider != integration.provider
-        {
-            return Err(ApiError::invalid(
-                format!("{prefix}.provider"),
-                format!(
-                    "the integration is a {} integration, not {provider}",
-                    integration.provider
-                ),
-            ));
-        }
-        let params = validate_action(
-            integration.provider,
-            &action.action,
-            &action.params,
-            &prefix,
-        )
-        .map_err(|e| ApiError::invalid(e.field, e.message))?;
-        let max_attempts = action
-            .max_attempts
-            .unwrap_or(state.config.action_max_attempts);
-        if !(1..=100).contains(&max_attempts) {
-            return Err(ApiError::invalid(
-                format!("{prefix}.max_attempts"),
-                "must be between 1 and 100",
-            ));
-        }
-        new_actions.push(NewAction {
-            integration_id: integration.id,
-            provider: integration.provider,
-            action: action.action.clone(),
-            params,
-            max_attempts,
-        });
-    }
-
-    let ticket = db::tickets::insert_ticket(
+    let created = create_tickets(&mut tx, &state.config, std::slice::from_ref(&request))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no result for the ticket")))??;
+    let ttl = chrono::Duration::from_std(state.config.idempotency_key_ttl)
+        .unwrap_or(chrono::Duration::hours(24));
+    db::tickets::insert_idempotency_key(
         &mut tx,
-        NewTicket {
-            company_id: user.company_id,
-            created_by_user_id: user.user_id,
-            subject,
-            description: &body.description,
-        },
-    )
-    .await?;
-    // The first action is inserted with the id of the job that will carry
-    // it, and the job is pushed after: no second write of the action.
-    let first_job_id = (!new_actions.is_empty()).then(jobs::new_job_id);
-    let mut actions = db::tickets::insert_ticket_actions(
-        &mut tx,
-        user.company_id,
-        ticket.id,
-        &new_actions,
-        first_job_id.as_deref(),
-    )
-    .await?;
-    actions.sort_by_key(|a| a.position);
-    if let (Some(first), Some(job_id)) = (actions.first(), first_job_id) {
-        let backlog = db::actions::company_backlog(&mut tx, user.company_id).await?;
-        jobs::push_action_jobs(
-            &mut tx,
-            &[job_id],
-            &[ActionEnqueue {
-                job: ActionJob {
-                    company_id: user.company_id,
-                    ticket_id: ticket.id,
-                    action_id: first.id,
-                },
-                run_at: None,
-                backlog,
-            }],
-        )
-        .await?;
-    }
-    if let Some(key) = &idempotency_key {
-        let ttl = chrono::Duration::from_std(state.config.idempotency_key_ttl)
-            .unwrap_or(chrono::Duration::hours(24));
-        db::tickets::insert_idempotency_key(
-            &mut tx,
-            user.company_id,
-            key,
-            &request_hash,
-            ticket.id,
-            Utc::now() + ttl,
-        )
-        .await?;
-    }
-    db::audit::insert_audit_event(
-        &mut tx,
-        NewAuditEvent {
-            company_id: user.company_id,
-            actor_user_id: Some(user.user_id),
-            action: "ticket.created",
-            entity_type: "ticket",
-            entity_id: Some(ticket.id),
-            payload: json!({
-                "subject": ticket.subject,
-                "actions": actions.iter().map(|a| json!({"id": a.id, "provider": a.provider, "action": a.action})).collect::<Vec<_>>(),
-            }),
-        },
+        company_id,
+        key,
+        request_hash,
+        created.ticket.id,
+        Utc::now() + ttl,
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
-    metrics::counter!("txdx_api_tickets_created_total").increment(1);
-    tracing::info!(ticket.id = %ticket.id, company.id = %user.company_id, actions = actions.len(), "ticket {} created", ticket.id);
-    Ok((
-        StatusCode::CREATED,
-        Json(TicketResponse::new(ticket, Some(actions))),
-    )
-        .into_response())
+    Ok((created, false))
 }
 
 /// One ticket with its actions (status, attempts, last error, result).

@@ -23,4 +23,5 @@ mod overload;
 mod parsers;
 mod tenant_isolation;
 mod test_app;
+mod ticket_batches;
 mod tickets;

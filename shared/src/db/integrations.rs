@@ -83,20 +83,26 @@ pub async fn find_integration(
     .ok_or(DbError::NotFound("integration"))
 }
 
-/// Several integrations of the tenant by id (missing ones are left out).
+/// Integrations by (company, id) pairs, in one statement: a pair whose
+/// integration does not exist or belongs to another company finds nothing.
 ///
 /// # Errors
 /// Database failures.
 pub async fn find_integrations(
     conn: &mut PgConnection,
-    company_id: Uuid,
-    ids: &[Uuid],
+    keys: &[(Uuid, Uuid)],
 ) -> Result<Vec<Integration>, DbError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (companies, ids): (Vec<Uuid>, Vec<Uuid>) = keys.iter().copied().unzip();
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE company_id = $1 AND id = ANY($2)"
+        "SELECT {INTEGRATION_COLUMNS} FROM integrations
+         WHERE id = ANY($2)
+           AND (company_id, id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))"
     )))
-    .bind(company_id)
-    .bind(ids)
+    .bind(&companies)
+    .bind(&ids)
     .fetch_all(conn)
     .await?)
 }

@@ -10,9 +10,13 @@ use crate::domain::{Provider, Ticket, TicketAction, TicketStatus};
 const TICKET_COLUMNS: &str = "id, company_id, created_by_user_id, subject, description, status, status_reason, executed_at, created_at, updated_at";
 const ACTION_COLUMNS: &str = "id, company_id, ticket_id, position, integration_id, provider, action, params, status, attempts, max_attempts, last_error, result, next_attempt_at, started_at, finished_at, created_at, updated_at";
 
-/// A ticket to create.
+/// A ticket to create; the caller picks its id (time-ordered, see
+/// [`new_ticket_id`]) so that the rows of a batch can be matched to their
+/// requests.
 #[derive(Debug, Clone)]
 pub struct NewTicket<'a> {
+    /// Id, from [`new_ticket_id`].
+    pub id: Uuid,
     /// Company.
     pub company_id: Uuid,
     /// Creator.
@@ -21,6 +25,12 @@ pub struct NewTicket<'a> {
     pub subject: &'a str,
     /// Description.
     pub description: &'a str,
+}
+
+/// A fresh ticket id: UUID version 7, like the column's default, so new
+/// rows land at the right edge of every index keyed by the id.
+pub fn new_ticket_id() -> Uuid {
+    Uuid::now_v7()
 }
 
 /// An action to create, already validated against the catalogue.
@@ -38,61 +48,100 @@ pub struct NewAction {
     pub max_attempts: i32,
 }
 
-/// Inserts a ticket (PENDING).
+/// The actions of one new ticket, for [`insert_ticket_actions`].
+#[derive(Debug, Clone)]
+pub struct NewTicketActions<'a> {
+    /// Company.
+    pub company_id: Uuid,
+    /// The ticket.
+    pub ticket_id: Uuid,
+    /// Its actions, in execution order (positions 0..).
+    pub actions: &'a [NewAction],
+    /// The queue job the caller pushes for the first action.
+    pub first_job_id: Option<&'a str>,
+}
+
+/// Inserts tickets, all in one statement; the rows come back in no
+/// particular order.
 ///
 /// # Errors
 /// Database failures.
-pub async fn insert_ticket(conn: &mut PgConnection, new: NewTicket<'_>) -> Result<Ticket, DbError> {
+pub async fn insert_tickets(
+    conn: &mut PgConnection,
+    tickets: &[NewTicket<'_>],
+) -> Result<Vec<Ticket>, DbError> {
+    if tickets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = tickets.iter().map(|t| t.id).collect();
+    let companies: Vec<Uuid> = tickets.iter().map(|t| t.company_id).collect();
+    let creators: Vec<Uuid> = tickets.iter().map(|t| t.created_by_user_id).collect();
+    let subjects: Vec<&str> = tickets.iter().map(|t| t.subject).collect();
+    let descriptions: Vec<&str> = tickets.iter().map(|t| t.description).collect();
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO tickets (company_id, created_by_user_id, subject, description) VALUES ($1, $2, $3, $4) RETURNING {TICKET_COLUMNS}"
+        "INSERT INTO tickets (id, company_id, created_by_user_id, subject, description)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[])
+         RETURNING {TICKET_COLUMNS}"
     )))
-    .bind(new.company_id)
-    .bind(new.created_by_user_id)
-    .bind(new.subject)
-    .bind(new.description)
-    .fetch_one(conn)
+    .bind(&ids)
+    .bind(&companies)
+    .bind(&creators)
+    .bind(&subjects)
+    .bind(&descriptions)
+    .fetch_all(conn)
     .await?)
 }
 
-/// Inserts a ticket's actions at positions 0.., in one statement; the first
-/// one carries `first_job_id`, the queue job the caller pushes for it.
+/// Inserts the actions of several new tickets at positions 0.. of each, in
+/// one statement; each ticket's first action carries its `first_job_id`.
+/// The rows come back in no particular order.
 ///
 /// # Errors
 /// Database failures.
 pub async fn insert_ticket_actions(
     conn: &mut PgConnection,
-    company_id: Uuid,
-    ticket_id: Uuid,
-    actions: &[NewAction],
-    first_job_id: Option<&str>,
+    tickets: &[NewTicketActions<'_>],
 ) -> Result<Vec<TicketAction>, DbError> {
-    if actions.is_empty() {
+    let n: usize = tickets.iter().map(|t| t.actions.len()).sum();
+    if n == 0 {
         return Ok(Vec::new());
     }
-    let positions: Vec<i32> = (0..actions.len())
-        .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
-        .collect();
-    let integrations: Vec<Uuid> = actions.iter().map(|a| a.integration_id).collect();
-    let providers: Vec<&str> = actions.iter().map(|a| a.provider.as_str()).collect();
-    let names: Vec<&str> = actions.iter().map(|a| a.action.as_str()).collect();
-    let params: Vec<serde_json::Value> = actions.iter().map(|a| a.params.clone()).collect();
-    let max_attempts: Vec<i32> = actions.iter().map(|a| a.max_attempts).collect();
+    let mut companies = Vec::with_capacity(n);
+    let mut ticket_ids = Vec::with_capacity(n);
+    let mut job_ids: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut positions: Vec<i32> = Vec::with_capacity(n);
+    let mut integrations = Vec::with_capacity(n);
+    let mut providers: Vec<&str> = Vec::with_capacity(n);
+    let mut names: Vec<&str> = Vec::with_capacity(n);
+    let mut params: Vec<&serde_json::Value> = Vec::with_capacity(n);
+    let mut max_attempts: Vec<i32> = Vec::with_capacity(n);
+    for ticket in tickets {
+        for (i, action) in ticket.actions.iter().enumerate() {
+            companies.push(ticket.company_id);
+            ticket_ids.push(ticket.ticket_id);
+            job_ids.push(if i == 0 { ticket.first_job_id } else { None });
+            positions.push(i32::try_from(i).unwrap_or(i32::MAX));
+            integrations.push(action.integration_id);
+            providers.push(action.provider.as_str());
+            names.push(action.action.as_str());
+            params.push(&action.params);
+            max_attempts.push(action.max_attempts);
+        }
+    }
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO ticket_actions (company_id, ticket_id, job_id, position, integration_id, provider, action, params, max_attempts)
-         SELECT $1, $2, CASE WHEN v.position = 0 THEN $9 END, v.*
-         FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[], $8::int[])
-              AS v(position, integration_id, provider, action, params, max_attempts)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::uuid[], $6::text[], $7::text[], $8::jsonb[], $9::int[])
          RETURNING {ACTION_COLUMNS}"
     )))
-    .bind(company_id)
-    .bind(ticket_id)
+    .bind(&companies)
+    .bind(&ticket_ids)
+    .bind(&job_ids)
     .bind(&positions)
     .bind(&integrations)
     .bind(&providers)
     .bind(&names)
     .bind(&params)
     .bind(&max_attempts)
-    .bind(first_job_id)
     .fetch_all(conn)
     .await?)
 }

@@ -1,6 +1,7 @@
-//! Group commit: the deliveries running at one moment share one transaction.
+//! Group commit: the requests of one moment share one transaction.
 //!
-//! Each delivery hands its request (a claim, an outcome) to a [`Batcher`](crate::batch::Batcher) and
+//! Each caller (a worker's delivery with its claim or outcome, an api
+//! request creating a ticket) hands its request to a [`Batcher`] and
 //! awaits the answer. A batcher task takes every request waiting at that
 //! moment (up to `max_batch`), runs them together, and answers each. While
 //! one batch is in the database the next one gathers, so batches grow with
@@ -27,7 +28,8 @@ where
     /// Starts `lanes` tasks (at least one), each serving up to `max_batch`
     /// requests at a time with `run`, which must answer every request of
     /// its batch, in order. The tasks end when the batcher is dropped.
-    pub fn spawn<F, Fut>(lanes: usize, max_batch: usize, run: F) -> Self
+    /// Batch sizes go to the histogram `txdx_batch_size{batcher = name}`.
+    pub fn spawn<F, Fut>(name: &'static str, lanes: usize, max_batch: usize, run: F) -> Self
     where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Resp>> + Send + 'static,
@@ -59,7 +61,8 @@ where
                     };
                     let (requests, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) =
                         batch.into_iter().unzip();
-                    metrics::histogram!("txdx_worker_batch_size").record(requests.len() as f64);
+                    metrics::histogram!("txdx_batch_size", "batcher" => name)
+                        .record(requests.len() as f64);
                     // In a task of its own: a panic fails this batch (its
                     // callers get `None`), never the lane.
                     let Ok(answers) = tokio::spawn(run(requests)).await else {
@@ -96,7 +99,7 @@ mod tests {
     async fn concurrent_requests_share_batches_and_each_gets_its_own_answer() {
         let batches = Arc::new(AtomicUsize::new(0));
         let counted = batches.clone();
-        let batcher = Arc::new(Batcher::spawn(1, 16, move |requests: Vec<u32>| {
+        let batcher = Arc::new(Batcher::spawn("test", 1, 16, move |requests: Vec<u32>| {
             counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -122,7 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_alone_is_served_at_once() {
-        let batcher = Batcher::spawn(2, 16, |requests: Vec<&'static str>| async move {
+        let batcher = Batcher::spawn("test", 2, 16, |requests: Vec<&'static str>| async move {
             requests.into_iter().map(str::len).collect()
         });
         let answer = tokio::time::timeout(std::time::Duration::from_secs(1), batcher.call("four"))
@@ -133,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_whose_run_panics_answers_none_and_the_next_batch_is_served() {
-        let batcher = Batcher::spawn(1, 1, |requests: Vec<u32>| async move {
+        let batcher = Batcher::spawn("test", 1, 1, |requests: Vec<u32>| async move {
             assert!(requests[0] != 13, "unlucky");
             requests
         });

@@ -1,0 +1,338 @@
+//! Ticket creation, and its group commit.
+//!
+//! [`create_tickets`] writes any number of new tickets with a fixed number of
+//! set-based statements (integrations looked up, tickets, actions, queue
+//! jobs, audit rows), in the caller's transaction. `POST /api/tickets` sends
+//! each validated request to the [`TicketWriter`]: a few writer tasks, each
+//! taking every request waiting when it is free (up to [`MAX_BATCH`]) and
+//! committing them in one transaction scoped to exactly their companies.
+//! Alone, a request is written at once, as before; under load the requests
+//! that queued during one commit share the next, so the database does one
+//! commit and six statements for many tickets. A batch whose transaction
+//! fails is written again one request at a time, so one request's failure
+//! is its own. Requests with an `Idempotency-Key` take the single-request
+//! path in the handler (their key is claimed in their own transaction) and
+//! call [`create_tickets`] with one request.
+
+use std::{collections::HashMap, sync::Arc};
+
+use anyhow::anyhow;
+
+use serde_json::json;
+use shared::{
+    PgPool,
+    batch::Batcher,
+    config::Config,
+    db::{
+        self, DbError, PgConnection,
+        audit::NewAuditEvent,
+        tickets::{NewAction, NewTicket, NewTicketActions},
+    },
+    domain::{Integration, Ticket, TicketAction},
+    jobs::{self, ActionEnqueue, ActionJob},
+    providers::validate_action,
+};
+use uuid::Uuid;
+
+use crate::{auth::AuthUser, error::ApiError, routes::tickets::NewActionRequest};
+
+/// Most requests one writer commits in one transaction.
+pub const MAX_BATCH: usize = 128;
+
+/// Writer tasks: while one commits, the next gathers the requests that
+/// arrived meanwhile.
+pub const WRITERS: usize = 2;
+
+/// A ticket to create, already checked for everything the database is not
+/// needed for (subject and description lengths, number of actions).
+#[derive(Debug, Clone)]
+pub struct CreateTicket {
+    /// The caller.
+    pub user: AuthUser,
+    /// Trimmed subject.
+    pub subject: String,
+    /// Description.
+    pub description: String,
+    /// The actions as requested.
+    pub actions: Vec<NewActionRequest>,
+}
+
+/// A ticket written by [`create_tickets`].
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The ticket, PENDING.
+    pub ticket: Ticket,
+    /// Its actions in execution order.
+    pub actions: Vec<TicketAction>,
+}
+
+/// Checks a request's actions against its company's integrations (only
+/// those of `request.user`'s company count) and the provider catalogue.
+fn plan_actions(
+    request: &CreateTicket,
+    integrations: &HashMap<(Uuid, Uuid), Integration>,
+    default_max_attempts: i32,
+) -> Result<Vec<NewAction>, ApiError> {
+    let company_id = request.user.company_id;
+    let mut planned = Vec::with_capacity(request.actions.len());
+    for (i, action) in request.actions.iter().enumerate() {
+        let prefix = format!("actions[{i}]");
+        let integration = integrations
+            .get(&(company_id, action.integration_id))
+            .filter(|it| it.company_id == company_id)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("{prefix}.integration_id"),
+                    "no such integration in this company",
+                )
+            })?;
+        if let Some(provider) = action.provider
+            && provider != integration.provider
+        {
+            return Err(ApiError::invalid(
+                format!("{prefix}.provider"),
+                format!(
+                    "the integration is a {} integration, not {provider}",
+                    integration.provider
+                ),
+            ));
+        }
+        let params = validate_action(
+            integration.provider,
+            &action.action,
+            &action.params,
+            &prefix,
+        )
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+        let max_attempts = action.max_attempts.unwrap_or(default_max_attempts);
+        if !(1..=100).contains(&max_attempts) {
+            return Err(ApiError::invalid(
+                format!("{prefix}.max_attempts"),
+                "must be between 1 and 100",
+            ));
+        }
+        planned.push(NewAction {
+            integration_id: integration.id,
+            provider: integration.provider,
+            action: action.action.clone(),
+            params,
+            max_attempts,
+        });
+    }
+    Ok(planned)
+}
+
+/// Writes every valid request of `requests` as a PENDING ticket with its
+/// actions, the first action's queue job and a `ticket.created` audit row,
+/// in the caller's transaction, which must admit the rows of every
+/// request's company (see [`db::begin_tenants`]). Returns one result per
+/// request, in order: a request that fails validation gets its 422 and
+/// writes nothing. The outer `Err` fails them all (a database failure): the
+/// caller rolls back, and nothing of any request is kept.
+///
+/// # Errors
+/// Database failures.
+pub async fn create_tickets(
+    conn: &mut PgConnection,
+    config: &Config,
+    requests: &[CreateTicket],
+) -> Result<Vec<Result<Created, ApiError>>, ApiError> {
+    let keys: Vec<(Uuid, Uuid)> = requests
+        .iter()
+        .flat_map(|r| {
+            r.actions
+                .iter()
+                .map(|a| (r.user.company_id, a.integration_id))
+        })
+        .collect();
+    let integrations: HashMap<(Uuid, Uuid), _> = db::integrations::find_integrations(conn, &keys)
+        .await?
+        .into_iter()
+        .map(|it| ((it.company_id, it.id), it))
+        .collect();
+    let plans: Vec<Result<Vec<NewAction>, ApiError>> = requests
+        .iter()
+        .map(|r| plan_actions(r, &integrations, config.action_max_attempts))
+        .collect();
+
+    // The rows to write: those of the valid requests.
+    let valid: Vec<(&CreateTicket, &Vec<NewAction>)> = requests
+        .iter()
+        .zip(&plans)
+        .filter_map(|(request, plan)| Some((request, plan.as_ref().ok()?)))
+        .collect();
+    let tickets: Vec<NewTicket<'_>> = valid
+        .iter()
+        .map(|(request, _)| NewTicket {
+            id: db::tickets::new_ticket_id(),
+            company_id: request.user.company_id,
+            created_by_user_id: request.user.user_id,
+            subject: &request.subject,
+            description: &request.description,
+        })
+        .collect();
+    let job_ids: Vec<Option<String>> = valid
+        .iter()
+        .map(|(_, actions)| (!actions.is_empty()).then(jobs::new_job_id))
+        .collect();
+    let action_rows: Vec<NewTicketActions<'_>> = valid
+        .iter()
+        .zip(tickets.iter().zip(&job_ids))
+        .map(|((request, actions), (ticket, job_id))| NewTicketActions {
+            company_id: request.user.company_id,
+            ticket_id: ticket.id,
+            actions,
+            first_job_id: job_id.as_deref(),
+        })
+        .collect();
+
+    let mut written: HashMap<Uuid, Ticket> = db::tickets::insert_tickets(conn, &tickets)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    let mut actions_of: HashMap<Uuid, Vec<TicketAction>> = HashMap::new();
+    for action in db::tickets::insert_ticket_actions(conn, &action_rows).await? {
+        actions_of.entry(action.ticket_id).or_default().push(action);
+    }
+
+    // Each first action's job, with its company's backlog for the fair
+    // priority (counted once per company, plus this batch's earlier jobs).
+    let companies: Vec<Uuid> = action_rows
+        .iter()
+        .filter(|t| t.first_job_id.is_some())
+        .map(|t| t.company_id)
+        .collect();
+    let mut backlogs = if companies.is_empty() {
+        HashMap::new()
+    } else {
+        db::actions::company_backlogs(conn, &companies).await?
+    };
+    let mut pushed_ids = Vec::new();
+    let mut enqueues = Vec::new();
+    for row in &action_rows {
+        let Some(job_id) = row.first_job_id else {
+            continue;
+        };
+        let first = actions_of
+            .get(&row.ticket_id)
+            .and_then(|actions| actions.iter().find(|a| a.position == 0))
+            .ok_or_else(|| ApiError::Internal(anyhow!("an inserted action was not returned")))?;
+        let backlog = backlogs.entry(row.company_id).or_insert(0);
+        enqueues.push(ActionEnqueue {
+            job: ActionJob {
+                company_id: row.company_id,
+                ticket_id: row.ticket_id,
+                action_id: first.id,
+            },
+            run_at: None,
+            backlog: *backlog,
+        });
+        *backlog += 1;
+        pushed_ids.push(job_id.to_owned());
+    }
+    jobs::push_action_jobs(conn, &pushed_ids, &enqueues).await?;
+
+    let mut results = Vec::with_capacity(requests.len());
+    let mut audits = Vec::with_capacity(tickets.len());
+    let mut next_ticket = tickets.iter();
+    for (request, plan) in requests.iter().zip(plans) {
+        if let Err(e) = plan {
+            results.push(Err(e));
+            continue;
+        }
+        let ticket = next_ticket
+            .next()
+            .and_then(|t| written.remove(&t.id))
+            .ok_or_else(|| ApiError::Internal(anyhow!("an inserted ticket was not returned")))?;
+        let mut actions = actions_of.remove(&ticket.id).unwrap_or_default();
+        actions.sort_by_key(|a| a.position);
+        audits.push(NewAuditEvent {
+            company_id: ticket.company_id,
+            actor_user_id: Some(request.user.user_id),
+            action: "ticket.created",
+            entity_type: "ticket",
+            entity_id: Some(ticket.id),
+            payload: json!({
+                "subject": ticket.subject,
+                "actions": actions.iter().map(|a| json!({"id": a.id, "provider": a.provider, "action": a.action})).collect::<Vec<_>>(),
+            }),
+        });
+        results.push(Ok(Created { ticket, actions }));
+    }
+    db::audit::insert_audit_events(conn, audits).await?;
+    Ok(results)
+}
+
+/// The group commit of `POST /api/tickets` (see the module documentation).
+#[derive(Clone)]
+pub struct TicketWriter {
+    batcher: Arc<Batcher<CreateTicket, Result<Created, ApiError>>>,
+}
+
+impl TicketWriter {
+    /// Starts [`WRITERS`] writer tasks on the current runtime.
+    pub fn spawn(pool: PgPool, config: Arc<Config>) -> Self {
+        let batcher = Batcher::spawn("tickets", WRITERS, MAX_BATCH, move |requests| {
+            let (pool, config) = (pool.clone(), config.clone());
+            async move { write_batch(&pool, &config, requests).await }
+        });
+        Self {
+            batcher: Arc::new(batcher),
+        }
+    }
+
+    /// Writes one ticket, committed (with others) before this returns.
+    ///
+    /// # Errors
+    /// The request's own validation error (422), or a database failure.
+    pub async fn create(&self, request: CreateTicket) -> Result<Created, ApiError> {
+        self.batcher.call(request).await.unwrap_or_else(|| {
+            Err(ApiError::Internal(anyhow!(
+                "the ticket writer failed to answer"
+            )))
+        })
+    }
+}
+
+/// Commits `requests` in one transaction, or, when that fails, each in a
+/// transaction of its own; one answer per request, in order.
+async fn write_batch(
+    pool: &PgPool,
+    config: &Config,
+    requests: Vec<CreateTicket>,
+) -> Vec<Result<Created, ApiError>> {
+    match commit(pool, config, &requests).await {
+        Ok(results) => results,
+        Err(error) if requests.len() > 1 => {
+            tracing::warn!(error = %error, tickets = requests.len(), "a ticket batch failed; writing its requests one by one");
+            let mut results = Vec::with_capacity(requests.len());
+            for request in &requests {
+                let result = match commit(pool, config, std::slice::from_ref(request)).await {
+                    Ok(mut one) => one.pop().unwrap_or_else(|| {
+                        Err(ApiError::Internal(anyhow!("no result for a ticket")))
+                    }),
+                    Err(e) => Err(e),
+                };
+                results.push(result);
+            }
+            results
+        }
+        Err(error) => vec![Err(error)],
+    }
+}
+
+/// One transaction over exactly the companies of `requests`.
+async fn commit(
+    pool: &PgPool,
+    config: &Config,
+    requests: &[CreateTicket],
+) -> Result<Vec<Result<Created, ApiError>>, ApiError> {
+    let mut companies: Vec<Uuid> = requests.iter().map(|r| r.user.company_id).collect();
+    companies.sort_unstable();
+    companies.dedup();
+    let mut tx = db::begin_tenants(pool, &companies).await?;
+    let results = create_tickets(&mut tx, config, requests).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(results)
+}
