@@ -1,18 +1,20 @@
 //! Ticket creation, and its group commit.
 //!
-//! [`create_tickets`] writes any number of new tickets with a fixed number of
-//! set-based statements (integrations looked up, tickets, actions, queue
-//! jobs, audit rows), in the caller's transaction. `POST /api/tickets` sends
-//! each validated request to the [`TicketWriter`]: a few writer tasks, each
-//! taking every request waiting when it is free (up to [`MAX_BATCH`]) and
-//! committing them in one transaction scoped to exactly their companies.
-//! Alone, a request is written at once, as before; under load the requests
+//! [`create_tickets`](crate::ticket_writer::create_tickets) writes any
+//! number of new tickets with a fixed number of set-based statements
+//! (integrations looked up, tickets, actions, queue jobs, audit rows), in
+//! the caller's transaction. `POST /api/tickets` hands each request to the
+//! [`TicketWriter`](crate::ticket_writer::TicketWriter): two lanes of a
+//! [`Batcher`](shared::batch::Batcher), each taking every request waiting
+//! when it is free (up to [`MAX_BATCH`](crate::ticket_writer::MAX_BATCH))
+//! and committing them in one transaction scoped to exactly their
+//! companies. Alone, a request is written at once; under load the requests
 //! that queued during one commit share the next, so the database does one
 //! commit and six statements for many tickets. A batch whose transaction
 //! fails is written again one request at a time, so one request's failure
-//! is its own. Requests with an `Idempotency-Key` take the single-request
-//! path in the handler (their key is claimed in their own transaction) and
-//! call [`create_tickets`] with one request.
+//! is its own. Requests with an `Idempotency-Key` go alone, in a
+//! transaction that claims the key first, through the same
+//! [`create_tickets`](crate::ticket_writer::create_tickets).
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -1,7 +1,7 @@
 //! Group commit: the requests of one moment share one transaction.
 //!
 //! Each caller (a worker's delivery with its claim or outcome, an api
-//! request creating a ticket) hands its request to a [`Batcher`] and
+//! request creating a ticket) hands its request to a [`Batcher`](crate::batch::Batcher) and
 //! awaits the answer. A batcher task takes every request waiting at that
 //! moment (up to `max_batch`), runs them together, and answers each. While
 //! one batch is in the database the next one gathers, so batches grow with
