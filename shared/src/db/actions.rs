@@ -521,13 +521,13 @@ pub async fn claim_batch(
              FROM (SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS r(action_id, company_id) ORDER BY action_id) r
              CROSS JOIN LATERAL (
                  SELECT a.id, a.ticket_id, a.integration_id FROM ticket_actions a
-                 WHERE a.id = r.action_id AND a.company_id = r.company_id
+                 WHERE a.id = r.action_id AND a.company_id IS NOT DISTINCT FROM r.company_id
                    AND a.status IS NOT DISTINCT FROM 'PENDING' AND a.attempts < a.max_attempts
                  FOR UPDATE
              ) a
              CROSS JOIN LATERAL (
                  SELECT t.id FROM tickets t
-                 WHERE t.id = a.ticket_id AND t.company_id = r.company_id AND t.status IS NOT DISTINCT FROM 'PENDING'
+                 WHERE t.id = a.ticket_id AND t.company_id IS NOT DISTINCT FROM r.company_id AND t.status IS NOT DISTINCT FROM 'PENDING'
                  FOR SHARE
              ) t
              LEFT JOIN integrations i ON i.id = a.integration_id AND i.company_id = r.company_id
@@ -768,7 +768,7 @@ pub async fn settle_tickets(
     let rows: Vec<(Uuid, Uuid, ActionStatus, Option<String>)> = sqlx::query_as(
         "SELECT a.ticket_id, a.company_id, a.status, a.last_error
          FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[]) AS v(company_id, ticket_id)) v
-         JOIN ticket_actions a ON a.ticket_id = v.ticket_id AND a.company_id = v.company_id
+         JOIN ticket_actions a ON a.ticket_id = v.ticket_id AND a.company_id IS NOT DISTINCT FROM v.company_id
          WHERE a.ticket_id = ANY($2)
          ORDER BY a.ticket_id, a.position",
     )
@@ -801,7 +801,7 @@ pub async fn settle_tickets(
         "UPDATE tickets t
          SET status = v.status, status_reason = v.reason, executed_at = now(), updated_at = now()
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS v(id, company_id, status, reason)
-         WHERE t.id = ANY($1) AND t.id = v.id AND t.company_id = v.company_id AND t.status IS NOT DISTINCT FROM 'PENDING'
+         WHERE t.id = ANY($1) AND t.id = v.id AND t.company_id IS NOT DISTINCT FROM v.company_id AND t.status IS NOT DISTINCT FROM 'PENDING'
          RETURNING t.id, t.company_id, t.status, t.status_reason",
     )
     .bind(&ids)
