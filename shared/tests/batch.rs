@@ -305,19 +305,7 @@ async fn over_a_large_finished_history_a_batch_reaches_its_rows_by_key(pool: PgP
     // 20,000 finished tickets, analysed: the statistics say nothing is
     // PENDING, so an index on status looks like the cheapest way to any
     // PENDING row. The batch must use the keys it has all the same.
-    sqlx::query(
-        "WITH t AS (
-             INSERT INTO tickets (company_id, subject, status, executed_at)
-             SELECT $1, 'old', 'EXECUTED', now() FROM generate_series(1, 20000)
-             RETURNING id)
-         INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action, status, attempts)
-         SELECT $1, t.id, 0, $2, 'PALO_ALTO', 'block_ip', 'SUCCEEDED', 1 FROM t",
-    )
-    .bind(a)
-    .bind(a_fw)
-    .execute(&pool)
-    .await
-    .unwrap();
+    seed_one_action_tickets(&pool, a, a_fw, 20_000, "EXECUTED", "SUCCEEDED").await;
     sqlx::query("ANALYZE tickets, ticket_actions")
         .execute(&pool)
         .await
@@ -326,15 +314,7 @@ async fn over_a_large_finished_history_a_batch_reaches_its_rows_by_key(pool: PgP
     // action a ticket: the outcome looks for a next action and finds none,
     // so no follow-up is enqueued and the backlog count, which does read the
     // status index, does not run).
-    let mut jobs = Vec::new();
-    for _ in 0..80 {
-        jobs.extend(ticket(&pool, a, a_fw, 1).await);
-    }
-    let first: Vec<ActionJob> = jobs.iter().step_by(10).cloned().collect();
-    claim_and_record_by_key(&pool, a, &first).await;
-    for job in &first {
-        assert_eq!(status_of(&pool, "tickets", job.ticket_id).await, "EXECUTED");
-    }
+    claim_and_record_live_work_by_key(&pool, a, a_fw).await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -346,25 +326,47 @@ async fn behind_a_backlog_no_statistics_have_seen_a_batch_reaches_its_rows_by_ke
     // actions in flight. Without statistics an equality on the company
     // looks selective, and it is not; the batch must reach its rows by
     // their keys.
+    seed_one_action_tickets(&pool, a, a_fw, 5_000, "PENDING", "RUNNING").await;
+    claim_and_record_live_work_by_key(&pool, a, a_fw).await;
+}
+
+/// Inserts `n` tickets of `company` in `ticket_status`, each with one
+/// action on `integration` in `action_status` (attempted once).
+async fn seed_one_action_tickets(
+    pool: &PgPool,
+    company: Uuid,
+    integration: Uuid,
+    n: i32,
+    ticket_status: &str,
+    action_status: &str,
+) {
     sqlx::query(
         "WITH t AS (
-             INSERT INTO tickets (company_id, subject)
-             SELECT $1, 'busy' FROM generate_series(1, 5000)
+             INSERT INTO tickets (company_id, subject, status, executed_at)
+             SELECT $1, 'seeded', $4, CASE WHEN $4 <> 'PENDING' THEN now() END FROM generate_series(1, $3)
              RETURNING id)
          INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action, status, attempts)
-         SELECT $1, t.id, 0, $2, 'PALO_ALTO', 'block_ip', 'RUNNING', 1 FROM t",
+         SELECT $1, t.id, 0, $2, 'PALO_ALTO', 'block_ip', $5, 1 FROM t",
     )
-    .bind(a)
-    .bind(a_fw)
-    .execute(&pool)
+    .bind(company)
+    .bind(integration)
+    .bind(n)
+    .bind(ticket_status)
+    .bind(action_status)
+    .execute(pool)
     .await
     .unwrap();
+}
+
+/// Queues 80 one-action tickets and hands every tenth to
+/// [`claim_and_record_by_key`].
+async fn claim_and_record_live_work_by_key(pool: &PgPool, company: Uuid, integration: Uuid) {
     let mut jobs = Vec::new();
     for _ in 0..80 {
-        jobs.extend(ticket(&pool, a, a_fw, 1).await);
+        jobs.extend(ticket(pool, company, integration, 1).await);
     }
     let first: Vec<ActionJob> = jobs.iter().step_by(10).cloned().collect();
-    claim_and_record_by_key(&pool, a, &first).await;
+    claim_and_record_by_key(pool, company, &first).await;
 }
 
 /// Claims `jobs` (one-action tickets of `company`) and records their

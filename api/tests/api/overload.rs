@@ -14,14 +14,7 @@ async fn beyond_its_limit_of_requests_in_flight_the_api_refuses_at_once_and_reco
     let app = TestApp::spawn_with(pool.clone(), &[("API_MAX_IN_FLIGHT", "1")]).await;
     let admin = app.register_company("Acme").await;
 
-    // Hold the company's row: a ticket's insert (its foreign-key check on
-    // the company) waits for it, so that request stays in flight.
-    let mut lock = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM companies WHERE id = $1 FOR UPDATE")
-        .bind(admin.company_id)
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = app.hold_company_row(admin.company_id).await;
     let held = {
         let request = app
             .client
@@ -30,24 +23,7 @@ async fn beyond_its_limit_of_requests_in_flight_the_api_refuses_at_once_and_reco
             .json(&json!({"subject": "held", "description": "", "actions": []}));
         tokio::spawn(async move { request.send().await.unwrap() })
     };
-    let mut waited = Duration::ZERO;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tickets%'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            waited < Duration::from_secs(10),
-            "the ticket insert never waited on the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
+    app.wait_for_stalled_ticket_inserts(1).await;
 
     let started = std::time::Instant::now();
     let refused = app.get("/api/tickets", &admin.access_token).await;

@@ -231,6 +231,39 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// Locks `company_id`'s row until the returned transaction ends: a
+    /// ticket insert for that company waits on it (its foreign-key check),
+    /// so the request making it stays in flight.
+    pub async fn hold_company_row(
+        &self,
+        company_id: uuid::Uuid,
+    ) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut lock = self.pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM companies WHERE id = $1 FOR UPDATE")
+            .bind(company_id)
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        lock
+    }
+
+    /// Waits (up to 10 s) until at least `n` ticket inserts wait on a lock.
+    pub async fn wait_for_stalled_ticket_inserts(&self, n: i64) {
+        let mut waited = std::time::Duration::ZERO;
+        while self
+            .count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tickets%'")
+            .await
+            < n
+        {
+            assert!(
+                waited < std::time::Duration::from_secs(10),
+                "fewer than {n} ticket inserts ever waited on the lock"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            waited += std::time::Duration::from_millis(20);
+        }
+    }
+
     /// Creates a ticket as `session` and returns its JSON.
     pub async fn create_ticket(
         &self,

@@ -224,12 +224,9 @@ async fn requests_that_queue_behind_a_commit_share_the_next_one(pool: PgPool) {
     // Hold Alpha's company row: a ticket insert for Alpha waits on it (its
     // foreign-key check), so both writers stall on Alpha's tickets while
     // later requests queue.
-    let mut lock = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM companies WHERE id = $1 FOR UPDATE")
-        .bind(a.company_id)
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    // With Alpha's row held, both writers stall on Alpha's tickets while
+    // later requests queue.
+    let lock = app.hold_company_row(a.company_id).await;
     let post = |session: &Session, subject: String| {
         let request = app
             .client
@@ -238,22 +235,11 @@ async fn requests_that_queue_behind_a_commit_share_the_next_one(pool: PgPool) {
             .json(&json!({"subject": subject, "actions": []}));
         tokio::spawn(async move { request.send().await.unwrap() })
     };
-    let lock_waiters = || {
-        app.count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tickets%'")
-    };
     // One request at a time, so that each writer takes one and stalls.
     let mut held = Vec::new();
     for i in 0..2 {
         held.push(post(&a, format!("held {i}")));
-        let mut waited = Duration::ZERO;
-        while lock_waiters().await <= i {
-            assert!(
-                waited < Duration::from_secs(10),
-                "writer {i} never waited on the lock"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            waited += Duration::from_millis(20);
-        }
+        app.wait_for_stalled_ticket_inserts(i + 1).await;
     }
     let queued: Vec<_> = (0..10)
         .map(|i| post(if i % 2 == 0 { &a } else { &b }, format!("queued {i}")))
