@@ -68,8 +68,9 @@ pub struct Created {
     pub actions: Vec<TicketAction>,
 }
 
-/// Checks a request's actions against its company's integrations (only
-/// those of `request.user`'s company count) and the provider catalogue.
+/// Checks a request's actions against its company's integrations (keyed
+/// by company and id, so another company's never matches) and the
+/// provider catalogue.
 fn plan_actions(
     request: &CreateTicket,
     integrations: &HashMap<(Uuid, Uuid), Integration>,
@@ -81,7 +82,6 @@ fn plan_actions(
         let prefix = format!("actions[{i}]");
         let integration = integrations
             .get(&(company_id, action.integration_id))
-            .filter(|it| it.company_id == company_id)
             .ok_or_else(|| {
                 ApiError::invalid(
                     format!("{prefix}.integration_id"),
