@@ -16,7 +16,7 @@ use shared::{
     db::{
         self,
         actions::{AttemptStart, ClaimPolicy},
-        apalis_queue::{RETENTION_LOCK_KEY, purge_finished_jobs, queue_stats},
+        apalis_queue::{self, RETENTION_LOCK_KEY, purge_finished_jobs, queue_stats},
         limits::{Admission, IntegrationLimits, LimitHit},
     },
     jobs::{ACTION_QUEUE, ActionJob},
@@ -280,7 +280,11 @@ async fn insert_job(pool: &PgPool, job_type: &str, status: &str, attempts: i32, 
         "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, done_at)
          VALUES ('\\x00'::bytea, $1, $2, $3, $4, 3, now() - make_interval(secs => $5), CASE WHEN $3 IN ('Pending', 'Queued', 'Running') THEN NULL ELSE now() - make_interval(secs => $5) END)",
     )
-    .bind(ulid::Ulid::generate().to_string())
+    // A job's id is a ULID of the time it was pushed.
+    .bind(
+        ulid::Ulid::from_datetime(std::time::SystemTime::now() - Duration::from_secs_f64(age_secs))
+            .to_string(),
+    )
     .bind(job_type)
     .bind(status)
     .bind(attempts)
@@ -343,6 +347,58 @@ async fn retention_deletes_only_old_finished_jobs_of_our_queue_in_batches(pool: 
         .unwrap()
         .unwrap();
     assert_eq!(again.jobs, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_retention_sweep_reads_no_job_created_after_the_cutoff(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    // A recent finished history, as a busy queue holds within its retention.
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, done_at)
+         SELECT '\\x00'::bytea, $1 || lpad(i::text, 10, '0'), $2, 'Done', 1, 3, now(), now()
+         FROM generate_series(1, 5000) AS i",
+    )
+    .bind(&ulid::Ulid::generate().to_string()[..16])
+    .bind(ACTION_QUEUE)
+    .execute(&pool)
+    .await
+    .unwrap();
+    insert_job(&pool, ACTION_QUEUE, "Done", 1, 7200.0).await;
+    sqlx::query("ANALYZE apalis.jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let cutoff = apalis_queue::oldest_job_id_created_at(
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    );
+    let mut tx = pool.begin().await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {}",
+        apalis_queue::PURGE_FINISHED_JOBS_BATCH
+    )))
+    .bind(ACTION_QUEUE)
+    .bind(3600.0_f64)
+    .bind(100_i64)
+    .bind(&cutoff)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    tx.rollback().await.unwrap();
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(plan.contains("Index Cond: (id < "), "{plan}");
+    assert!(!plan.contains("Rows Removed by Filter"), "{plan}");
+
+    let purged = purge_finished_jobs(&pool, ACTION_QUEUE, Duration::from_secs(3600), 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        purged.jobs, 1,
+        "the one old job, and none of the recent ones"
+    );
+    assert_eq!(count_jobs(&pool, "true").await, 5000);
 }
 
 #[sqlx::test(migrations = false)]
