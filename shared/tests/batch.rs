@@ -330,6 +330,40 @@ async fn behind_a_backlog_no_statistics_have_seen_a_batch_reaches_its_rows_by_ke
     claim_and_record_live_work_by_key(&pool, a, a_fw).await;
 }
 
+#[sqlx::test(migrations = false)]
+async fn a_claim_reads_each_action_of_its_batch_a_bounded_number_of_times(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (a, a_fw) = company(&pool, "alpha", json!({})).await;
+    // A busy queue, analysed: the planner knows the table is large.
+    seed_one_action_tickets(&pool, a, a_fw, 5_000, "PENDING", "RUNNING").await;
+    sqlx::query("ANALYZE tickets, ticket_actions")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..64 {
+        jobs.extend(ticket(&pool, a, a_fw, 1).await);
+    }
+    let mut tx = db::begin_tenants(&pool, &[a]).await.unwrap();
+    sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let read = "SELECT pg_stat_get_xact_tuples_returned('ticket_actions_pkey'::regclass)";
+    let before: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    let claimed = db::actions::claim_batch(&mut tx, &jobs).await.unwrap();
+    let after: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(claimed.len(), 64);
+    // Each action is reached by its key to lock it, and again to update it;
+    // a plan that reads the whole batch per action reads 64 x 64.
+    assert!(
+        after - before <= 3 * 64,
+        "the claim of 64 actions read {} entries of the primary key",
+        after - before
+    );
+}
+
 /// Inserts `n` tickets of `company` in `ticket_status`, each with one
 /// action on `integration` in `action_status` (attempted once).
 async fn seed_one_action_tickets(
