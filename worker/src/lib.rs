@@ -138,8 +138,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let concurrency = config.worker_concurrency;
     let poll_interval = config.queue_poll_interval;
+    // The fetch already takes each job for this worker (`Queued`, with
+    // its `lock_by`), which is all that orphan rescue and the ack need;
+    // apalis's lock event would write every job row a second time just to
+    // say `Running` (our `ticket_actions` row says that).
     let queue_config = apalis_postgres::Config::default()
         .queue(ACTION_QUEUE)
+        .lock_tasks(false)
         .batch_size(concurrency)
         .heartbeat_interval(config.queue_heartbeat)
         .missed_heartbeats(config.queue_missed_heartbeats);
@@ -164,6 +169,7 @@ pub async fn run(
     let restart_backoff = RestartBackoff::default();
     let check_config = apalis_postgres::Config::default()
         .queue(CHECK_QUEUE)
+        .lock_tasks(false)
         .batch_size(2)
         .heartbeat_interval(config.queue_heartbeat)
         .missed_heartbeats(config.queue_missed_heartbeats);
