@@ -513,8 +513,13 @@ pub async fn claim_batch(
     // lookups for a scan of the batch's companies' rows, which it chose
     // under load with the join form (126 ms a claim at concurrency 128;
     // BENCHMARKS.md). Rows are locked in id order, so two batches
-    // never wait on each other in a cycle; the ticket is share-locked so an
-    // ADMIN cannot close it between this check and the commit. The update
+    // never wait on each other in a cycle. The ticket is only read (its
+    // sub-select keeps `LIMIT 1` so it stays a keyed lookup): every path
+    // that closes a ticket (derive, cancel, delete) also writes its PENDING
+    // actions, so it waits for the action lock taken here and cannot commit
+    // between this check and the commit. A share lock on the ticket added a
+    // write per claim and a lock-order cycle with `derive_ticket` (ticket,
+    // then actions). The update
     // reaches each candidate by its key alone: `cand` is planned as one
     // row, so a second `a.id = ANY($1)` became the inner side of a nested
     // loop and read the whole batch once per candidate (64 x 64 index
@@ -532,7 +537,7 @@ pub async fn claim_batch(
              CROSS JOIN LATERAL (
                  SELECT t.id FROM tickets t
                  WHERE t.id = a.ticket_id AND t.company_id IS NOT DISTINCT FROM r.company_id AND t.status IS NOT DISTINCT FROM 'PENDING'
-                 FOR SHARE
+                 LIMIT 1
              ) t
              LEFT JOIN integrations i ON i.id = a.integration_id AND i.company_id = r.company_id
              WHERE a.integration_id IS NULL OR (
