@@ -364,6 +364,52 @@ async fn a_claim_reads_each_action_of_its_batch_a_bounded_number_of_times(pool: 
     );
 }
 
+#[sqlx::test(migrations = false)]
+async fn a_ticket_derived_while_its_action_is_being_claimed_waits_for_the_claim(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (a, a_fw) = company(&pool, "alpha", json!({})).await;
+    let jobs = ticket(&pool, a, a_fw, 2).await;
+    // The claim of the first action is made and not yet committed.
+    let mut claim = db::begin_tenants(&pool, &[a]).await.unwrap();
+    let claimed = db::actions::claim_batch(&mut claim, &jobs[..1])
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // An ADMIN derives the ticket meanwhile: it must wait for the claim
+    // (the claim reads the ticket without locking it; the action lock is
+    // what orders the two).
+    let derive = tokio::spawn({
+        let pool = pool.clone();
+        let ticket_id = jobs[0].ticket_id;
+        async move {
+            let mut tx = db::begin_tenant(&pool, a).await.unwrap();
+            let derived = db::tickets::derive_ticket(&mut tx, a, ticket_id, "by hand")
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            derived.is_some()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!derive.is_finished(), "derive went past a claimed action");
+    claim.commit().await.unwrap();
+    assert!(derive.await.unwrap());
+    assert_eq!(
+        status_of(&pool, "tickets", jobs[0].ticket_id).await,
+        "DERIVED"
+    );
+    // The claimed attempt runs and its outcome is recorded; the action
+    // that had not started is cancelled.
+    assert_eq!(
+        status_of(&pool, "ticket_actions", jobs[0].action_id).await,
+        "RUNNING"
+    );
+    assert_eq!(
+        status_of(&pool, "ticket_actions", jobs[1].action_id).await,
+        "CANCELLED"
+    );
+}
+
 /// Inserts `n` tickets of `company` in `ticket_status`, each with one
 /// action on `integration` in `action_status` (attempted once).
 async fn seed_one_action_tickets(
