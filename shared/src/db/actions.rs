@@ -514,12 +514,12 @@ pub async fn claim_batch(
     // under load with the join form (126 ms a claim at concurrency 128;
     // BENCHMARKS.md). Rows are locked in id order, so two batches
     // never wait on each other in a cycle. The ticket is only read (its
-    // sub-select keeps `LIMIT 1` so it stays a keyed lookup): every path
-    // that closes a ticket (derive, cancel, delete) also writes its PENDING
-    // actions, so it waits for the action lock taken here and cannot commit
-    // between this check and the commit. A share lock on the ticket added a
-    // write per claim and a lock-order cycle with `derive_ticket` (ticket,
-    // then actions). The update
+    // sub-select keeps `LIMIT 1` so it stays a keyed lookup): a path that
+    // closes a ticket (derive, cancel, delete) either writes this action,
+    // and waits for the lock taken here, or leaves it alone, and either way
+    // ends as if it had run just after this commit. A share lock on the
+    // ticket added a write per claim and a lock-order cycle with
+    // `derive_ticket` (ticket, then actions). The update
     // reaches each candidate by its key alone: `cand` is planned as one
     // row, so a second `a.id = ANY($1)` became the inner side of a nested
     // loop and read the whole batch once per candidate (64 x 64 index
