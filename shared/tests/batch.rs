@@ -410,6 +410,61 @@ async fn a_ticket_derived_while_its_action_is_being_claimed_waits_for_the_claim(
     );
 }
 
+#[sqlx::test(migrations = false)]
+async fn derive_and_delete_lock_the_actions_before_the_ticket_as_the_worker_does(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (a, a_fw) = company(&pool, "alpha", json!({})).await;
+    for derive in [true, false] {
+        let jobs = ticket(&pool, a, a_fw, 2).await;
+        let (ticket_id, action_id) = (jobs[0].ticket_id, jobs[0].action_id);
+        // A worker's one-by-one claim has locked the action and is about
+        // to lock its ticket.
+        let mut worker = db::begin_tenant(&pool, a).await.unwrap();
+        sqlx::query("SELECT 1 FROM ticket_actions WHERE id = $1 FOR UPDATE")
+            .bind(action_id)
+            .execute(&mut *worker)
+            .await
+            .unwrap();
+        // Meanwhile an ADMIN derives (or deletes) the ticket.
+        let admin = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let mut tx = db::begin_tenant(&pool, a).await?;
+                if derive {
+                    db::tickets::derive_ticket(&mut tx, a, ticket_id, "by hand").await?;
+                } else {
+                    db::tickets::delete_ticket(&mut tx, a, ticket_id).await?;
+                }
+                tx.commit().await?;
+                Ok::<_, db::DbError>(())
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The worker's next lock must not wait on the ADMIN, who waits on it.
+        sqlx::query("SET LOCAL lock_timeout = '3s'")
+            .execute(&mut *worker)
+            .await
+            .unwrap();
+        let locked = sqlx::query("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE")
+            .bind(ticket_id)
+            .execute(&mut *worker)
+            .await;
+        assert!(locked.is_ok(), "derive={derive}: {locked:?}");
+        worker.commit().await.unwrap();
+        admin.await.unwrap().unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets WHERE id = $1")
+            .bind(ticket_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if derive {
+            assert_eq!(status_of(&pool, "tickets", ticket_id).await, "DERIVED");
+        } else {
+            assert_eq!(left, 0);
+        }
+    }
+}
+
 /// Inserts `n` tickets of `company` in `ticket_status`, each with one
 /// action on `integration` in `action_status` (attempted once).
 async fn seed_one_action_tickets(

@@ -271,6 +271,25 @@ pub async fn update_ticket_text(
     .ok_or(DbError::NotFound("ticket"))
 }
 
+/// Locks every action of a ticket, in id order. The worker locks an action
+/// and then its ticket; a path that changes a ticket and its actions takes
+/// the actions first too, so the two never wait on each other in a cycle
+/// (which PostgreSQL breaks after a second by failing one of them).
+async fn lock_ticket_actions(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "SELECT 1 FROM ticket_actions WHERE ticket_id = $1 AND company_id = $2 ORDER BY id FOR UPDATE",
+    )
+    .bind(id)
+    .bind(company_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Hands a PENDING ticket to a human: DERIVED with a reason; its actions not
 /// yet started are cancelled. Returns `None` when the ticket is not PENDING.
 ///
@@ -282,6 +301,7 @@ pub async fn derive_ticket(
     id: Uuid,
     reason: &str,
 ) -> Result<Option<Ticket>, DbError> {
+    lock_ticket_actions(&mut *conn, company_id, id).await?;
     let ticket: Option<Ticket> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE tickets SET status = 'DERIVED', status_reason = $3, executed_at = now(), updated_at = now()
          WHERE id = $1 AND company_id = $2 AND status IS NOT DISTINCT FROM 'PENDING' RETURNING {TICKET_COLUMNS}"
@@ -311,6 +331,7 @@ pub async fn delete_ticket(
     company_id: Uuid,
     id: Uuid,
 ) -> Result<(), DbError> {
+    lock_ticket_actions(&mut *conn, company_id, id).await?;
     let done = sqlx::query("DELETE FROM tickets WHERE id = $1 AND company_id = $2")
         .bind(id)
         .bind(company_id)
