@@ -70,10 +70,25 @@ macro_rules! time_ordered_id {
 /// Deterministic ids of the copies, one namespace per kind.
 const TICKET_ID: &str = time_ordered_id!("'txdx-bench-history-ticket-' || g.n");
 const ACTION_ID: &str = time_ordered_id!("'txdx-bench-history-action-' || g.n");
-/// Queue job ids must parse as ULIDs (26 Crockford base-32 characters, the
-/// first at most 7): a fixed prefix and the row number in decimal digits.
-const HISTORY_JOB_ID: &str = "'00BENCHH' || lpad(g.n::text, 18, '0')";
-const PENDING_JOB_ID: &str = "'00BENCHP' || lpad(g.n::text, 18, '0')";
+/// Queue job ids are ULIDs, as apalis and our pushes make them: the copy's
+/// time (`g.at`, milliseconds) in the first 10 Crockford base-32
+/// characters, then a marker of the kind (`BENCHH` history, `BENCHP`
+/// pending, at characters 11 to 16) and the row number in decimal digits.
+/// Time-ordered like real ids, so a statement that bounds a scan by job id
+/// (the retention sweep) sees the history a real queue would hold.
+macro_rules! time_ordered_job_id {
+    ($marker:literal) => {
+        concat!(
+            "(SELECT string_agg(substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ', \
+             (((extract(epoch FROM g.at) * 1000)::bigint >> (5 * (9 - k))) & 31)::int + 1, 1), '' ORDER BY k) \
+             FROM generate_series(0, 9) AS k) || '",
+            $marker,
+            "' || lpad(g.n::text, 10, '0')"
+        )
+    };
+}
+const HISTORY_JOB_ID: &str = time_ordered_job_id!("BENCHH");
+const PENDING_JOB_ID: &str = time_ordered_job_id!("BENCHP");
 /// The copy's company, integration and first user, by round-robin.
 const COMPANY: &str = "($2::uuid[])[g.c]";
 const INTEGRATION: &str = "($3::uuid[])[g.c]";
@@ -89,18 +104,14 @@ const ROWS: &str = "SELECT n, (1 + n % cardinality($2::uuid[]))::int AS c,
         $8::timestamptz - interval '25 hours' + n * (interval '24 hours' / $1::bigint) AS at
     FROM generate_series(1, $1::bigint) AS n";
 
-/// The range of ids of the seeded finished jobs (see [`HISTORY_JOB_ID`]).
-pub const HISTORY_JOB_IDS: (&str, &str) = ("00BENCHH", "00BENCHI");
-
-/// Seeded finished jobs still in `apalis.jobs` (retention may delete them).
+/// Seeded finished jobs still in `apalis.jobs` (retention may delete them):
+/// those with the history marker of [`HISTORY_JOB_ID`].
 ///
 /// # Errors
 /// Database failures.
 pub async fn history_jobs_left(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
     Ok(
-        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE id >= $1 AND id < $2")
-            .bind(HISTORY_JOB_IDS.0)
-            .bind(HISTORY_JOB_IDS.1)
+        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE substr(id, 11, 6) = 'BENCHH'")
             .fetch_one(pool)
             .await?,
     )
