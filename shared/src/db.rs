@@ -119,9 +119,10 @@ pub async fn begin_tenant(
 /// Starts a transaction scoped to several companies at once: role
 /// `txdx_app`, `app.company_ids` set to exactly `company_ids`.
 ///
-/// Only the worker's batches use it (one transaction records the claims or
-/// outcomes of many jobs of different companies); the `*_worker_batch`
-/// policies admit these companies' rows on the tables those batches touch.
+/// The batches use it: the worker's (one transaction records the claims or
+/// outcomes of many jobs of different companies) and the api's new tickets
+/// (`TicketWriter`); the `*_batch_scope` policies (migrations 0022, 0025,
+/// 0026) admit these companies' rows on the tables those batches touch.
 /// Every statement still names each row's own company.
 ///
 /// # Errors

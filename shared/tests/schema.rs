@@ -232,13 +232,31 @@ async fn without_a_tenant_the_app_role_sees_nothing_and_cannot_write_across_tena
     assert_eq!(b_subject, "subject");
 }
 
-/// The tables a worker batch (one transaction naming several companies in
-/// `app.company_ids`) may touch; every other tenant table stays closed to it.
-const WORKER_BATCH_TABLES: &[&str] = &["integrations", "tickets", "ticket_actions", "audit_logs"];
+/// The tables a batch (one transaction naming several companies in
+/// `app.company_ids`: the worker's claims and outcomes, the api's new
+/// tickets) may touch; every other tenant table stays closed to it.
+const BATCH_SCOPE_TABLES: &[&str] = &["integrations", "tickets", "ticket_actions", "audit_logs"];
 
 #[sqlx::test(migrations = false)]
-async fn a_worker_batch_sees_exactly_the_companies_it_names_and_only_in_its_tables(pool: PgPool) {
+async fn a_batch_sees_exactly_the_companies_it_names_and_only_in_its_tables(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
+    let mut scoped: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_policies WHERE schemaname = 'public' AND policyname LIKE '%batch%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    scoped.sort();
+    let mut expected: Vec<String> = BATCH_SCOPE_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    expected.sort();
+    assert_eq!(scoped, expected, "one batch-scope policy per batch table");
+    let named: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_policies WHERE schemaname = 'public' AND policyname = tablename || '_batch_scope'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(named, i64::try_from(BATCH_SCOPE_TABLES.len()).unwrap());
     let a = seed_company(&pool, "alpha").await;
     let b = seed_company(&pool, "bravo").await;
     let c = seed_company(&pool, "charlie").await;
@@ -257,7 +275,7 @@ async fn a_worker_batch_sees_exactly_the_companies_it_names_and_only_in_its_tabl
         .await
         .unwrap();
         seen.sort();
-        if WORKER_BATCH_TABLES.contains(table) {
+        if BATCH_SCOPE_TABLES.contains(table) {
             let mut named = vec![a, b];
             named.sort();
             assert_eq!(seen, named, "{table}: the batch sees both named companies");
@@ -288,7 +306,7 @@ async fn a_worker_batch_sees_exactly_the_companies_it_names_and_only_in_its_tabl
 
     // Naming no company sees nothing (fails closed).
     let mut tx = db::begin_tenants(&pool, &[]).await.unwrap();
-    for table in WORKER_BATCH_TABLES {
+    for table in BATCH_SCOPE_TABLES {
         let n: i64 =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
                 .fetch_one(&mut *tx)
