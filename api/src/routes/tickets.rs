@@ -419,10 +419,15 @@ async fn create_idempotent(
         tx.commit().await.map_err(db::DbError::from)?;
         return Ok((Created { ticket, actions }, true));
     }
-    let created = create_tickets(&mut tx, &state.config, std::slice::from_ref(&request))
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no result for the ticket")))??;
+    let created = create_tickets(
+        &mut tx,
+        &state.config,
+        state.tickets.backlogs(),
+        std::slice::from_ref(&request),
+    )
+    .await?
+    .pop()
+    .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no result for the ticket")))??;
     let ttl = chrono::Duration::from_std(state.config.idempotency_key_ttl)
         .unwrap_or(chrono::Duration::hours(24));
     db::tickets::insert_idempotency_key(

@@ -275,3 +275,54 @@ async fn requests_that_queue_behind_a_commit_share_the_next_one(pool: PgPool) {
     let problem = assert_problem(response, 422).await;
     assert_eq!(problem["field"], "actions[0].integration_id");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_company_backlog_is_counted_at_most_once_a_second_and_raised_by_each_job_meanwhile(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let a = app.register_company("Alpha").await;
+    let fw = app.create_integration(&a, "PALO_ALTO", "fw").await;
+    let writer = TicketWriter::spawn(pool.clone(), Arc::new(test_config(&[])));
+    let write = |subject: &'static str| {
+        let r = request(
+            &a,
+            subject,
+            &[(fw, "block_ip", json!({"ip": "203.0.113.9"}))],
+        );
+        let writer = writer.clone();
+        async move { writer.create(r).await.unwrap() }
+    };
+    let priority_of = |subject: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>(
+                "SELECT j.priority FROM apalis.jobs j JOIN ticket_actions x ON x.job_id = j.id JOIN tickets t ON t.id = x.ticket_id WHERE t.subject = $1",
+            )
+            .bind(subject)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Backlog 0 when first counted.
+    write("t1").await;
+    assert_eq!(priority_of("t1").await, 1000);
+    // Five actions queued behind the writer's back: not seen within the
+    // second, but the writer's own job is.
+    sqlx::query(
+        "WITH t AS (INSERT INTO tickets (company_id, subject) SELECT $1, 'other' FROM generate_series(1, 5) RETURNING id)
+         INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action) SELECT $1, t.id, 0, $2, 'PALO_ALTO', 'block_ip' FROM t",
+    )
+    .bind(a.company_id)
+    .bind(fw)
+    .execute(&pool)
+    .await
+    .unwrap();
+    write("t2").await;
+    assert_eq!(priority_of("t2").await, 999);
+    // A second later the backlog is counted again: t1, t2 and the five.
+    tokio::time::sleep(txdx_api::ticket_writer::BACKLOG_TTL + Duration::from_millis(100)).await;
+    write("t3").await;
+    assert_eq!(priority_of("t3").await, 1000 - 7);
+}
