@@ -22,8 +22,10 @@
 //! between it reuses the count, raised by every action it queued since
 //! ([`BacklogCache`](crate::ticket_writer::BacklogCache)). The count read
 //! up to 2,000 index entries per company per batch (2.8 ms a batch at
-//! saturation); fairness is a queue order, and a second of lag in it moves
-//! no job past its company's own earlier ones.
+//! saturation). Fairness orders companies in the queue; a count at most a
+//! second old, plus what this process queued since, orders them as a fresh
+//! one would, give or take the work finished (or queued by another api
+//! process) in that second.
 
 use std::{
     collections::HashMap,
