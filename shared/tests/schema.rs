@@ -356,3 +356,31 @@ async fn the_login_lookup_sees_exactly_the_named_user(pool: PgPool) {
         .unwrap();
     assert_eq!(tickets, 0);
 }
+
+#[sqlx::test(migrations = false)]
+async fn every_policy_reads_its_setting_once_per_statement(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    // A bare `current_setting(..)` in a policy is evaluated for every row
+    // (a batch's list of companies parsed per row); inside a scalar
+    // sub-select it is evaluated once per statement (migration 0027).
+    let per_row: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename || '.' || policyname FROM pg_policies
+         WHERE schemaname = 'public'
+           AND (regexp_replace(coalesce(qual, ''), '\\( SELECT \\(?NULLIF\\(current_setting', '', 'g') LIKE '%current_setting%'
+                OR regexp_replace(coalesce(with_check, ''), '\\( SELECT \\(?NULLIF\\(current_setting', '', 'g') LIKE '%current_setting%')
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        per_row.is_empty(),
+        "policies reading a setting per row: {per_row:?}"
+    );
+    let policies: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_policies WHERE schemaname = 'public'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(policies >= 17, "{policies} policies");
+}
