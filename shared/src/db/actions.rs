@@ -689,30 +689,34 @@ async fn record_successes(
             .collect(),
     )
     .await?;
-    // Chain: each ticket's next PENDING action in position order gets its
-    // job. The sub-select names only the (ticket_id, position) key and is
-    // ordered and limited like it, so the planner walks that index; given
-    // the company too, it read the company's whole backlog by (company_id,
-    // status) while statistics lagged a burst of inserts (24.9 ms a batch).
-    let tickets: Vec<Uuid> = actions.iter().map(|(a, _)| a.ticket_id).collect();
-    let companies: Vec<Uuid> = actions.iter().map(|(a, _)| a.company_id).collect();
-    let positions: Vec<i32> = actions.iter().map(|(a, _)| a.position).collect();
-    let next: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
-        "SELECT v.ticket_id, v.company_id, n.id
-         FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS v(ticket_id, company_id, position)
-         CROSS JOIN LATERAL (
-             SELECT a.id, a.company_id FROM ticket_actions a
-             WHERE a.ticket_id = v.ticket_id AND a.position > v.position AND a.status IS NOT DISTINCT FROM 'PENDING'
-             ORDER BY a.position
-             LIMIT 1
-         ) n
-         WHERE n.company_id = v.company_id",
-    )
-    .bind(&tickets)
-    .bind(&companies)
-    .bind(&positions)
-    .fetch_all(&mut *conn)
-    .await?;
+    // One read of every action of the batch's tickets serves both what
+    // follows: the chain (each ticket's next PENDING action after the one
+    // that succeeded gets its job) and the settling of the tickets that have
+    // no next action. It reaches the actions by the (ticket_id, position) key.
+    let batch_tickets: Vec<(Uuid, Uuid)> = actions
+        .iter()
+        .map(|(a, _)| (a.company_id, a.ticket_id))
+        .collect();
+    let rows = read_ticket_actions(conn, &batch_tickets).await?;
+    let by_ticket: HashMap<Uuid, &[ActionRow]> = rows
+        .chunk_by(|x, y| x.ticket_id == y.ticket_id)
+        .map(|run| (run[0].ticket_id, run))
+        .collect();
+    let mut next: Vec<(Uuid, Uuid, Uuid)> = Vec::new();
+    for (a, _) in &actions {
+        let following = by_ticket.get(&a.ticket_id).and_then(|run| {
+            run.iter().find(|r| {
+                r.company_id == a.company_id
+                    && r.position > a.position
+                    && r.status == ActionStatus::Pending
+            })
+        });
+        if let Some(n) = following
+            && !next.iter().any(|(ticket, _, _)| *ticket == a.ticket_id)
+        {
+            next.push((a.ticket_id, a.company_id, n.id));
+        }
+    }
     let mut continuing: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !next.is_empty() {
         let next_companies: Vec<Uuid> = next.iter().map(|n| n.1).collect();
@@ -740,12 +744,11 @@ async fn record_successes(
         .filter_map(|(a, _)| a.integration_id.map(|i| (a.company_id, i)))
         .collect();
     limits::wake_slot_waiters(conn, &freed).await?;
-    let settle: Vec<(Uuid, Uuid)> = actions
-        .iter()
-        .filter(|(a, _)| !continuing.contains(&a.ticket_id))
-        .map(|(a, _)| (a.company_id, a.ticket_id))
+    let settle: Vec<ActionRow> = rows
+        .into_iter()
+        .filter(|r| !continuing.contains(&r.ticket_id))
         .collect();
-    let settled = settle_tickets(conn, &settle).await?;
+    let settled = settle_from_rows(conn, &settle).await?;
     Ok(actions
         .iter()
         .map(|(a, _)| {
@@ -773,9 +776,30 @@ pub async fn settle_tickets(
     if tickets.is_empty() {
         return Ok(HashMap::new());
     }
+    let rows = read_ticket_actions(conn, tickets).await?;
+    settle_from_rows(conn, &rows).await
+}
+
+/// One action as [`settle_tickets`] and the success batch's chain see it.
+#[derive(sqlx::FromRow)]
+struct ActionRow {
+    ticket_id: Uuid,
+    company_id: Uuid,
+    id: Uuid,
+    position: i32,
+    status: ActionStatus,
+    last_error: Option<String>,
+}
+
+/// Every action of the `(company, ticket)` pairs, ordered by ticket and
+/// position, reached by the `(ticket_id, position)` key.
+async fn read_ticket_actions(
+    conn: &mut PgConnection,
+    tickets: &[(Uuid, Uuid)],
+) -> Result<Vec<ActionRow>, DbError> {
     let (companies, ticket_ids): (Vec<Uuid>, Vec<Uuid>) = tickets.iter().copied().unzip();
-    let rows: Vec<(Uuid, Uuid, ActionStatus, Option<String>)> = sqlx::query_as(
-        "SELECT a.ticket_id, a.company_id, a.status, a.last_error
+    Ok(sqlx::query_as(
+        "SELECT a.ticket_id, a.company_id, a.id, a.position, a.status, a.last_error
          FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[]) AS v(company_id, ticket_id)) v
          JOIN ticket_actions a ON a.ticket_id = v.ticket_id AND a.company_id IS NOT DISTINCT FROM v.company_id
          WHERE a.ticket_id = ANY($2)
@@ -784,15 +808,26 @@ pub async fn settle_tickets(
     .bind(&companies)
     .bind(&ticket_ids)
     .fetch_all(&mut *conn)
-    .await?;
+    .await?)
+}
+
+/// Derives each ticket's status from `rows` (all its actions, as
+/// [`read_ticket_actions`] returns them) and writes the tickets that reach
+/// a terminal status, with their audit rows.
+async fn settle_from_rows(
+    conn: &mut PgConnection,
+    rows: &[ActionRow],
+) -> Result<HashMap<Uuid, TicketStatus>, DbError> {
     // Rows come ordered by ticket: one run of rows per ticket.
     let mut statuses = HashMap::new();
     let (mut ids, mut owners, mut new_statuses, mut reasons) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for run in rows.chunk_by(|x, y| x.0 == y.0) {
-        let (ticket_id, company_id) = (run[0].0, run[0].1);
-        let view: Vec<(ActionStatus, Option<&str>)> =
-            run.iter().map(|r| (r.2, r.3.as_deref())).collect();
+    for run in rows.chunk_by(|x, y| x.ticket_id == y.ticket_id) {
+        let (ticket_id, company_id) = (run[0].ticket_id, run[0].company_id);
+        let view: Vec<(ActionStatus, Option<&str>)> = run
+            .iter()
+            .map(|r| (r.status, r.last_error.as_deref()))
+            .collect();
         let (status, reason) = derive_ticket_status(&view);
         statuses.insert(ticket_id, status);
         if status.is_terminal() {
