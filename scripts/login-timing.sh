@@ -23,63 +23,21 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../dev
-source "$ROOT/dev"   # say, die, free_port, start_private_pg, stop_private_pg; cd "$ROOT"
+source "$ROOT/dev"   # say, die, script_start_api, script_cleanup; cd "$ROOT"
 
 SAMPLES="${TXDX_TIMING_SAMPLES:-200}"
 MAX_DIFF_MS="${TXDX_TIMING_MAX_DIFF_MS:-5}"
 WORK="${TXDX_TIMING_DIR:-/tmp/txdx-login-timing}"
-API_PID=""
-TEST_PG_DIR=""
-
-cleanup() {
-    if [[ -n "$API_PID" ]]; then
-        kill -TERM "$API_PID" 2>/dev/null || true
-        wait "$API_PID" 2>/dev/null || true
-    fi
-    stop_private_pg
-    [[ -n "$TEST_PG_DIR" ]] && rm -rf "$TEST_PG_DIR"
-    return 0
-}
-trap cleanup EXIT
+trap script_cleanup EXIT
 
 command -v cargo >/dev/null || die "cargo not found on PATH"
 command -v python3 >/dev/null || die "python3 not found on PATH"
 mkdir -p "$WORK"
 
-say "building the api (release)"
-cargo build --quiet --release --bin api || die "cargo build --release --bin api failed"
-target_dir="$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-API_BIN="$target_dir/release/api"
-[[ -x "$API_BIN" ]] || die "the api binary is not at $API_BIN"
+API_BIN="$(script_api_bin release)"
+script_start_api "$API_BIN" login-timing "$WORK/api.log"
 
-if [[ -z "${DATABASE_URL:-}" ]]; then
-    TEST_PG_DIR="$(mktemp -d /tmp/txdx-login-timing-pg.XXXXXX)"
-    chmod 755 "$TEST_PG_DIR"
-    start_private_pg "$TEST_PG_DIR/data"
-fi
-port="$(free_port)"
-API_URL="http://127.0.0.1:$port"
-say "starting the api on $API_URL (log: $WORK/api.log)"
-DATABASE_URL="$DATABASE_URL" \
-JWT_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" \
-TXDX_LOCAL_SECRET_KEY="$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')" \
-API_ADDR="127.0.0.1:$port" FRONTEND_DIR="$ROOT/basic_frontend" RUST_LOG="${RUST_LOG:-warn}" \
-    "$API_BIN" serve >"$WORK/api.log" 2>&1 &
-API_PID=$!
-tries=0
-until python3 -c "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('$API_URL/ready', timeout=2).status == 200 else 1)" 2>/dev/null; do
-    if ! kill -0 "$API_PID" 2>/dev/null; then
-        tail -n 30 "$WORK/api.log" >&2
-        API_PID=""
-        die "the api exited before it was ready (log above)"
-    fi
-    tries=$((tries + 1))
-    [[ $tries -gt 120 ]] && die "the api was not ready at $API_URL/ready after 60 s"
-    sleep 0.5
-done
-
-python3 - "$port" "$SAMPLES" "$MAX_DIFF_MS" <<'PY'
+python3 - "$API_PORT" "$SAMPLES" "$MAX_DIFF_MS" <<'PY'
 import http.client, json, secrets, statistics, sys, time
 
 port, samples, max_diff_ms = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])

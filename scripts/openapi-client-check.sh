@@ -17,25 +17,13 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../dev
-source "$ROOT/dev"   # say, die, free_port, start_private_pg, stop_private_pg; cd "$ROOT"
+source "$ROOT/dev"   # say, die, script_start_api, script_cleanup; cd "$ROOT"
 
 GENERATOR_VERSION="0.29.1"
 WORK="${TXDX_CLIENT_CHECK_DIR:-/tmp/txdx-openapi-client-check}"
 VENV="$WORK/venv"
 started=$SECONDS
-API_PID=""
-TEST_PG_DIR=""
-
-cleanup() {
-    if [[ -n "$API_PID" ]]; then
-        kill -TERM "$API_PID" 2>/dev/null || true
-        wait "$API_PID" 2>/dev/null || true
-    fi
-    stop_private_pg
-    [[ -n "$TEST_PG_DIR" ]] && rm -rf "$TEST_PG_DIR"
-    return 0
-}
-trap cleanup EXIT
+trap script_cleanup EXIT
 
 command -v cargo >/dev/null || die "cargo not found on PATH"
 command -v python3 >/dev/null || die "python3 not found on PATH"
@@ -68,46 +56,8 @@ if grep -qi "warning" "$WORK/generate.log"; then
 fi
 
 # 3. The api: built, configured with throw-away secrets, on a free port.
-say "building the api"
-cargo build --quiet --bin api || die "cargo build --bin api failed"
-target_dir="$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-API_BIN="$target_dir/debug/api"
-[[ -x "$API_BIN" ]] || die "the api binary is not at $API_BIN"
-
-if [[ -z "${DATABASE_URL:-}" ]]; then
-    TEST_PG_DIR="$(mktemp -d /tmp/txdx-client-check-pg.XXXXXX)"
-    chmod 755 "$TEST_PG_DIR"
-    TXDX_PG_FSYNC=off start_private_pg "$TEST_PG_DIR/data"
-fi
-port="$(free_port)"
-API_URL="http://127.0.0.1:$port"
-say "starting the api on $API_URL (log: $WORK/api.log)"
-DATABASE_URL="$DATABASE_URL" \
-JWT_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" \
-TXDX_LOCAL_SECRET_KEY="$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')" \
-API_ADDR="127.0.0.1:$port" FRONTEND_DIR="$ROOT/basic_frontend" RUST_LOG="${RUST_LOG:-warn}" \
-    "$API_BIN" serve >"$WORK/api.log" 2>&1 &
-API_PID=$!
-ready_check="import sys, urllib.request
-try:
-    sys.exit(0 if urllib.request.urlopen('$API_URL/ready', timeout=2).status == 200 else 1)
-except Exception:
-    sys.exit(1)"
-tries=0
-until python3 -c "$ready_check"; do
-    if ! kill -0 "$API_PID" 2>/dev/null; then
-        tail -n 30 "$WORK/api.log" >&2
-        API_PID=""
-        die "the api exited before it was ready (log above)"
-    fi
-    tries=$((tries + 1))
-    if [[ $tries -gt 120 ]]; then
-        tail -n 30 "$WORK/api.log" >&2
-        die "the api was not ready at $API_URL/ready after 60 s (log above)"
-    fi
-    sleep 0.5
-done
+API_BIN="$(script_api_bin dev)"
+TXDX_PG_FSYNC=off script_start_api "$API_BIN" client-check "$WORK/api.log"
 
 # 4. The generated client against the running api.
 say "running the generated client against the api"

@@ -20,7 +20,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../dev
-source "$ROOT/dev"   # say, die, free_port, start_private_pg, stop_private_pg; cd "$ROOT"
+source "$ROOT/dev"   # say, die, script_start_api, script_cleanup; cd "$ROOT"
 
 SCHEMATHESIS_VERSION="4.32.5"
 WORK="${TXDX_SCHEMATHESIS_DIR:-/tmp/txdx-schemathesis}"
@@ -28,19 +28,7 @@ VENV="$WORK/venv"
 EXAMPLES="${TXDX_SCHEMATHESIS_EXAMPLES:-100}"
 SEED="${TXDX_SCHEMATHESIS_SEED:-20261123}"
 started=$SECONDS
-API_PID=""
-TEST_PG_DIR=""
-
-cleanup() {
-    if [[ -n "$API_PID" ]]; then
-        kill -TERM "$API_PID" 2>/dev/null || true
-        wait "$API_PID" 2>/dev/null || true
-    fi
-    stop_private_pg
-    [[ -n "$TEST_PG_DIR" ]] && rm -rf "$TEST_PG_DIR"
-    return 0
-}
-trap cleanup EXIT
+trap script_cleanup EXIT
 
 command -v cargo >/dev/null || die "cargo not found on PATH"
 command -v python3 >/dev/null || die "python3 not found on PATH"
@@ -58,46 +46,8 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSI
 fi
 
 # 2. The api: built, configured with throw-away secrets, on a free port.
-say "building the api"
-cargo build --quiet --bin api || die "cargo build --bin api failed"
-target_dir="$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-API_BIN="$target_dir/debug/api"
-[[ -x "$API_BIN" ]] || die "the api binary is not at $API_BIN"
-
-if [[ -z "${DATABASE_URL:-}" ]]; then
-    TEST_PG_DIR="$(mktemp -d /tmp/txdx-schemathesis-pg.XXXXXX)"
-    chmod 755 "$TEST_PG_DIR"
-    TXDX_PG_FSYNC=off start_private_pg "$TEST_PG_DIR/data"
-fi
-port="$(free_port)"
-API_URL="http://127.0.0.1:$port"
-say "starting the api on $API_URL (log: $WORK/api.log)"
-DATABASE_URL="$DATABASE_URL" \
-JWT_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" \
-TXDX_LOCAL_SECRET_KEY="$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')" \
-API_ADDR="127.0.0.1:$port" FRONTEND_DIR="$ROOT/basic_frontend" RUST_LOG="${RUST_LOG:-warn}" \
-    "$API_BIN" serve >"$WORK/api.log" 2>&1 &
-API_PID=$!
-ready_check="import sys, urllib.request
-try:
-    sys.exit(0 if urllib.request.urlopen('$API_URL/ready', timeout=2).status == 200 else 1)
-except Exception:
-    sys.exit(1)"
-tries=0
-until python3 -c "$ready_check"; do
-    if ! kill -0 "$API_PID" 2>/dev/null; then
-        tail -n 30 "$WORK/api.log" >&2
-        API_PID=""
-        die "the api exited before it was ready (log above)"
-    fi
-    tries=$((tries + 1))
-    if [[ $tries -gt 120 ]]; then
-        tail -n 30 "$WORK/api.log" >&2
-        die "the api was not ready at $API_URL/ready after 60 s (log above)"
-    fi
-    sleep 0.5
-done
+API_BIN="$(script_api_bin dev)"
+TXDX_PG_FSYNC=off script_start_api "$API_BIN" schemathesis "$WORK/api.log"
 
 # 3. A company whose ADMIN token authenticates the fuzzed requests.
 registered="$(python3 - "$API_URL" <<'PY'
