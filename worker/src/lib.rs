@@ -50,7 +50,14 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
     if !applied {
         anyhow::bail!("the database schema is missing or outdated: run `api migrate` first");
     }
-    let secrets = shared::secrets::from_config(config, &pool).context("secret store")?;
+    // The local secret store reads through a small pool of its own (lazy:
+    // with Azure Key Vault it never connects). The first action of each
+    // integration reads its secret; with many integrations those reads,
+    // up to one per action in flight, widened the batches' pool to its cap
+    // (BENCHMARKS.md, the 1,000-company drain).
+    let secrets_pool = shared::db::connect_lazy(config.database_url.expose(), 4)
+        .context("DATABASE_URL is invalid")?;
+    let secrets = shared::secrets::from_config(config, &secrets_pool).context("secret store")?;
     let secrets: Arc<dyn shared::secrets::SecretStore> = Arc::new(
         shared::secrets::cache::CachedSecretStore::new(secrets, config.secret_cache_ttl),
     );
