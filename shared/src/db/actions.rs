@@ -702,6 +702,8 @@ async fn record_successes(
         .chunk_by(|x, y| x.ticket_id == y.ticket_id)
         .map(|run| (run[0].ticket_id, run))
         .collect();
+    // The tickets that go on to a next action (one job each), not settled.
+    let mut continuing = std::collections::HashSet::new();
     let mut next: Vec<(Uuid, Uuid, Uuid)> = Vec::new();
     for (a, _) in &actions {
         let following = by_ticket.get(&a.ticket_id).and_then(|run| {
@@ -712,12 +714,11 @@ async fn record_successes(
             })
         });
         if let Some(n) = following
-            && !next.iter().any(|(ticket, _, _)| *ticket == a.ticket_id)
+            && continuing.insert(a.ticket_id)
         {
             next.push((a.ticket_id, a.company_id, n.id));
         }
     }
-    let mut continuing: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !next.is_empty() {
         let next_companies: Vec<Uuid> = next.iter().map(|n| n.1).collect();
         let backlogs = company_backlogs(conn, &next_companies).await?;
@@ -736,7 +737,6 @@ async fn record_successes(
             )
             .collect();
         crate::jobs::enqueue_actions(conn, &jobs).await?;
-        continuing = next.iter().map(|n| n.0).collect();
     }
     // The actions have left RUNNING: their slots are free for the next waiters.
     let freed: Vec<(Uuid, Uuid)> = actions
