@@ -131,6 +131,22 @@ pub async fn begin_tenants(
     pool: &PgPool,
     company_ids: &[Uuid],
 ) -> Result<Transaction<'static, Postgres>, DbError> {
+    let mut tx = pool.begin().await?;
+    scope_tenants(&mut tx, company_ids).await?;
+    Ok(tx)
+}
+
+/// Scopes the rest of an open transaction to `company_ids`, as
+/// [`begin_tenants`] does at its start: the worker's fetch takes its jobs
+/// from the queue as the pool's role, then claims them in the same
+/// transaction under this scope.
+///
+/// # Errors
+/// When the settings cannot be applied.
+pub async fn scope_tenants(
+    conn: &mut sqlx::PgConnection,
+    company_ids: &[Uuid],
+) -> Result<(), DbError> {
     let scope = format!(
         "{{{}}}",
         company_ids
@@ -139,7 +155,7 @@ pub async fn begin_tenants(
             .collect::<Vec<_>>()
             .join(",")
     );
-    begin_as_app(pool, "app.company_ids", scope).await
+    scope_as_app(conn, "app.company_ids", scope).await
 }
 
 /// Starts a transaction as the app role that may see exactly one user row by
@@ -162,13 +178,24 @@ async fn begin_as_app(
     value: String,
 ) -> Result<Transaction<'static, Postgres>, DbError> {
     let mut tx = pool.begin().await?;
+    scope_as_app(&mut tx, setting, value).await?;
+    Ok(tx)
+}
+
+/// Switches an open transaction to [`APP_ROLE`] with one scoping setting,
+/// both transaction-local.
+async fn scope_as_app(
+    conn: &mut sqlx::PgConnection,
+    setting: &'static str,
+    value: String,
+) -> Result<(), DbError> {
     sqlx::query("SELECT set_config($1, $2, true), set_config('role', $3, true)")
         .bind(setting)
         .bind(value)
         .bind(APP_ROLE)
-        .execute(&mut *tx)
+        .execute(conn)
         .await?;
-    Ok(tx)
+    Ok(())
 }
 
 /// The tenant a transaction is scoped to, for tests and assertions.

@@ -51,6 +51,8 @@ pub struct WorkerState {
     pub action_timeout: std::time::Duration,
     /// How claims apply integration limits.
     pub claim: ClaimPolicy,
+    /// Claims made by the fetch, waiting for their deliveries.
+    pub preclaimed: Arc<crate::queue::Preclaimed>,
     /// Claims of the deliveries running at one moment, made together.
     pub claims: Batcher<ActionJob, Option<Claimed>>,
     /// Outcomes of the deliveries finishing at one moment, recorded together.
@@ -71,10 +73,15 @@ pub enum DeliveryError {
 /// Only infrastructure failures (the database); provider failures are
 /// outcomes recorded on the action.
 pub async fn execute_action(state: &WorkerState, job: &ActionJob) -> Result<(), DeliveryError> {
-    // The common case is claimed with the other deliveries of the moment
-    // (one transaction); the rest, and any claim the batch could not make,
-    // take the one-by-one path, which handles every case.
-    let (action, integration, attempt) = match state.claims.call(job.clone()).await.flatten() {
+    // The common case was claimed by the fetch that delivered it, or is
+    // claimed with the other deliveries of the moment (one transaction);
+    // the rest, and any claim the batch could not make, take the
+    // one-by-one path, which handles every case.
+    let claimed = match state.preclaimed.take(job.action_id) {
+        Some(claimed) => Some(claimed),
+        None => state.claims.call(job.clone()).await.flatten(),
+    };
+    let (action, integration, attempt) = match claimed {
         Some(claimed) => (claimed.action, claimed.integration, claimed.attempt),
         None => match claim_alone(state, job).await? {
             Some(claimed) => claimed,
@@ -238,7 +245,8 @@ async fn record_alone(pool: &PgPool, item: AttemptOutcome) -> Result<Recorded, d
     Ok(recorded)
 }
 
-fn distinct(ids: impl Iterator<Item = uuid::Uuid>) -> Vec<uuid::Uuid> {
+/// The distinct ids of `ids`, sorted.
+pub(crate) fn distinct(ids: impl Iterator<Item = uuid::Uuid>) -> Vec<uuid::Uuid> {
     let mut ids: Vec<uuid::Uuid> = ids.collect();
     ids.sort_unstable();
     ids.dedup();

@@ -25,6 +25,8 @@ pub mod handler;
 pub mod maintenance;
 /// Provider clients behind one interface.
 pub mod providers;
+/// The action queue's backend: the claim in the fetch transaction.
+pub mod queue;
 /// Backoff policy.
 pub mod retry;
 /// When a worker looks at the queue.
@@ -75,7 +77,10 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
         let pool = pool.clone();
         move |items| handler::record_outcomes(pool.clone(), items)
     });
+    let stale_running_after =
+        config.action_timeout + config.queue_heartbeat * config.queue_missed_heartbeats as u32;
     Ok(Arc::new(WorkerState {
+        preclaimed: Arc::new(queue::Preclaimed::new(stale_running_after)),
         claims,
         outcomes,
         pool,
@@ -87,8 +92,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
         },
         action_timeout: config.action_timeout,
         claim: shared::db::actions::ClaimPolicy {
-            stale_running_after: config.action_timeout
-                + config.queue_heartbeat * config.queue_missed_heartbeats as u32,
+            stale_running_after,
         },
     }))
 }
@@ -192,9 +196,9 @@ pub async fn run(
                 Pubsub::new(pool.clone(), ACTION_QUEUE.to_owned()),
                 poll_interval,
             );
-            let backend = PostgresStorage::<ActionJob>::new(&pool)
-                .with_config(queue_config.clone())
-                .poll_with_strategy(wake);
+            let backend =
+                queue::ActionQueue::new(&pool, queue_config.clone(), state.preclaimed.clone())
+                    .poll_with_strategy(wake);
             WorkerBuilder::new(format!("txdx-{host}-{incarnation}-{restarts}"))
                 .backend(backend)
                 .data(state.clone())

@@ -589,6 +589,39 @@ pub async fn claim_batch(
         .collect())
 }
 
+/// Undoes claims whose jobs were never run: each action still RUNNING with
+/// the claimed attempt goes back to PENDING with that attempt uncounted
+/// (and no start time, when it was the first). The worker's fetch claims a
+/// batch ahead of its deliveries; at shutdown, the claims of the jobs it
+/// hands back unrun are released with them, so a restart costs no attempt.
+/// Returns how many were released. Call in a transaction scoped to the
+/// claims' companies ([`crate::db::scope_tenants`]).
+///
+/// # Errors
+/// Database failures.
+pub async fn release_claims(conn: &mut PgConnection, claims: &[Claimed]) -> Result<u64, DbError> {
+    if claims.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.action.id).collect();
+    let companies: Vec<Uuid> = claims.iter().map(|c| c.action.company_id).collect();
+    let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
+    let released = sqlx::query(
+        "UPDATE ticket_actions a
+         SET status = 'PENDING', attempts = a.attempts - 1, attempt_started_at = NULL,
+             started_at = CASE WHEN v.attempt = 1 THEN NULL ELSE a.started_at END, updated_at = now()
+         FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS v(id, company_id, attempt)
+         WHERE a.id = ANY($1) AND a.id = v.id AND a.company_id = v.company_id
+           AND a.status IS NOT DISTINCT FROM 'RUNNING' AND a.attempts = v.attempt",
+    )
+    .bind(&ids)
+    .bind(&companies)
+    .bind(&attempts)
+    .execute(&mut *conn)
+    .await?;
+    Ok(released.rows_affected())
+}
+
 /// One attempt's outcome for [`record_batch`].
 #[derive(Debug, Clone)]
 pub struct AttemptOutcome {

@@ -194,6 +194,63 @@ async fn sigterm_with_actions_in_flight_exits_within_the_shutdown_timeout_and_st
 }
 
 #[sqlx::test(migrations = false)]
+async fn sigterm_hands_back_jobs_claimed_at_fetch_but_never_run_with_no_attempt_charged(
+    pool: PgPool,
+) {
+    // Concurrency 2: the first fetch takes the quick action and a slow one;
+    // when the quick one ends, the next fetch takes two more slow ones,
+    // claimed together, and the second waits in the worker for a slot.
+    let mut system = System::start(pool, 0, &[("WORKER_CONCURRENCY", "2")]).await;
+    let token = system.register("Acme").await;
+    let quick = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "quick", "settings": {"simulated_latency_ms": 200}}))
+        .await;
+    let slow = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 2000}}))
+        .await;
+    tickets(&system, &token, &quick, 1).await;
+    tickets(&system, &token, &slow, 4).await;
+    system.start_worker();
+    // Three slow actions RUNNING with two slots: one is only claimed.
+    let claimed = wait_running(&system, &slow, 3).await;
+    let took = system.terminate_worker(0);
+    let running_after_exit = count(
+        &system,
+        "SELECT count(*) FROM ticket_actions WHERE status = 'RUNNING'",
+    )
+    .await;
+    let released = count(
+        &system,
+        "SELECT count(*) FROM ticket_actions WHERE status = 'PENDING' AND attempts = 0 AND started_at IS NULL",
+    )
+    .await;
+    println!(
+        "figure: SIGTERM with {claimed} slow actions claimed (2 running): exited in {took:?}, {running_after_exit} left RUNNING, {released} PENDING and never started"
+    );
+    assert_eq!(claimed, 3, "the second fetch claimed both of its jobs");
+    assert_eq!(
+        running_after_exit, 0,
+        "a claim of a job handed back unrun was left RUNNING"
+    );
+    assert_eq!(
+        released, 2,
+        "the unrun claimed job and the never fetched one are PENDING with no attempt"
+    );
+    system.start_worker();
+    system.wait_all_terminal(Duration::from_secs(60)).await;
+    assert_eq!(
+        count(
+            &system,
+            "SELECT count(*) FROM ticket_actions WHERE status = 'SUCCEEDED' AND attempts = 1"
+        )
+        .await,
+        5,
+        "every action ran once and was charged one attempt"
+    );
+    system.assert_invariants().await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_poison_action_that_takes_its_worker_down_is_quarantined_while_its_batch_mates_finish(
     pool: PgPool,
 ) {

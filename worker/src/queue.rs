@@ -1,0 +1,345 @@
+//! The ticket-action queue's apalis backend: apalis-postgres's tables,
+//! queries and worker bookkeeping, with the claim made in the fetch's own
+//! transaction.
+//!
+//! apalis-postgres hands a fetched batch to the worker one job at a time, as
+//! slots free up, so the claims of one fetch reached the claim batcher
+//! spread out and went in several small transactions (BENCHMARKS.md: 16 rows
+//! a claim for fetches of 55). Here [`ActionQueue`] fetches with
+//! apalis-postgres's own `get_jobs` query and, in the same transaction,
+//! claims every plain job of the batch ([`db::actions::claim_batch`]); the
+//! claims wait in [`Preclaimed`] for their deliveries. A job the batch does
+//! not claim (limits, a closed ticket, a finished action) takes the
+//! handler's usual path. Registration, heartbeats, orphan rescue, acks and
+//! re-enqueueing are apalis-postgres's own queries, so its dashboard and
+//! its recovery see exactly what they would with its `PostgresStorage`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use apalis::prelude::{Backend, WorkerContext};
+use apalis_codec::json::JsonCodec;
+use apalis_core::backend::{
+    BackendConfig, WireFormatBackend,
+    finalize::Durable,
+    persistence::{Persisted, Persistence, TaskEvent, TaskPersistLayer},
+};
+use apalis_postgres::{Config, Error, PgTask, queries};
+use serde_json::Value;
+use shared::{
+    PgPool,
+    db::{self, actions::Claimed},
+    jobs::ActionJob,
+};
+use uuid::Uuid;
+
+use crate::handler::distinct;
+
+/// Claims made at fetch time, waiting for their deliveries.
+///
+/// A claim is taken once, by the delivery of its action. One whose delivery
+/// never comes (the worker loop died with a fetched batch) is dropped after
+/// `max_age`; its job is redelivered by apalis's orphan rescue and claimed
+/// again, as after a crash.
+pub struct Preclaimed {
+    claims: Mutex<HashMap<Uuid, (Claimed, Instant)>>,
+    max_age: Duration,
+}
+
+impl Preclaimed {
+    /// An empty store whose claims are dropped after `max_age`.
+    #[must_use]
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            claims: Mutex::new(HashMap::new()),
+            max_age,
+        }
+    }
+
+    /// The claim made for `action_id` at fetch time, if any (taken).
+    pub fn take(&self, action_id: Uuid) -> Option<Claimed> {
+        self.claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&action_id)
+            .map(|(claimed, _)| claimed)
+    }
+
+    fn put(&self, claimed: HashMap<Uuid, Claimed>) {
+        let now = Instant::now();
+        let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        claims.retain(|_, (_, at)| now.duration_since(*at) < self.max_age);
+        claims.extend(claimed.into_iter().map(|(id, c)| (id, (c, now))));
+    }
+
+    /// How many claims are waiting (for tests and gauges).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no claim is waiting.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// apalis-postgres's persistence for the action queue, with the claim in
+/// the fetch transaction.
+#[derive(Clone)]
+pub struct ActionFetch {
+    pool: PgPool,
+    config: Config,
+    preclaimed: Arc<Preclaimed>,
+}
+
+impl ActionFetch {
+    /// `get_jobs`, then the claim of the batch's plain jobs, in one
+    /// transaction. Jobs whose payload does not decode are left to the
+    /// delivery (which reports them).
+    async fn fetch_and_claim(&self, worker: &WorkerContext) -> Result<Vec<PgTask>, QueueError> {
+        let mut tx = self.pool.begin().await.map_err(Error::from)?;
+        let tasks = queries::fetch_next(&mut *tx, &self.config, worker).await?;
+        let jobs: Vec<ActionJob> = tasks
+            .iter()
+            .filter_map(|task| serde_json::from_slice(&task.args).ok())
+            .collect();
+        if jobs.is_empty() {
+            tx.commit().await.map_err(Error::from)?;
+            return Ok(tasks);
+        }
+        let companies = distinct(jobs.iter().map(|j| j.company_id));
+        db::scope_tenants(&mut tx, &companies).await?;
+        let claimed = db::actions::claim_batch(&mut tx, &jobs).await?;
+        tx.commit().await.map_err(db::DbError::from)?;
+        self.preclaimed.put(claimed);
+        Ok(tasks)
+    }
+
+    /// [`db::actions::release_claims`] in a transaction of its own.
+    async fn release(&self, claims: &[Claimed]) -> Result<u64, db::DbError> {
+        let companies = distinct(claims.iter().map(|c| c.action.company_id));
+        let mut tx = db::begin_tenants(&self.pool, &companies).await?;
+        let released = db::actions::release_claims(&mut tx, claims).await?;
+        tx.commit().await?;
+        Ok(released)
+    }
+}
+
+/// Why [`ActionFetch::fetch_and_claim`] failed.
+#[derive(Debug, thiserror::Error)]
+enum QueueError {
+    /// The queue's own part (connection, `get_jobs`).
+    #[error(transparent)]
+    Queue(#[from] Error),
+    /// The claim, or the commit that carried it.
+    #[error("claim: {0}")]
+    Claim(#[from] db::DbError),
+}
+
+impl Persistence for ActionFetch {
+    type Compact = Vec<u8>;
+    type Response = Value;
+    type Error = Error;
+
+    async fn register(&mut self, worker: &WorkerContext) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let queue = self.config.queue.as_ref();
+        queries::reenqueue_orphaned(&mut *tx, queue, self.config.orphaned_duration().as_secs())
+            .await?;
+        let now = chrono::Utc::now().timestamp();
+        queries::register_worker(&mut *tx, queue, worker, &now.into(), "PgStorage").await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        let queue = self.config.queue.as_ref();
+        queries::keep_alive(&mut *tx, queue, worker).await?;
+        queries::reenqueue_orphaned(&mut *tx, queue, self.config.orphaned_duration().as_secs())
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<PgTask>, Error> {
+        match self.fetch_and_claim(worker).await {
+            Ok(tasks) => Ok(tasks),
+            Err(QueueError::Queue(e)) => Err(e),
+            // The claim failed and the fetch rolled back with it: fetch
+            // alone; the deliveries claim their jobs themselves.
+            Err(e @ QueueError::Claim(_)) => {
+                tracing::warn!("a fetch with its claim failed ({e}); fetching without the claim");
+                let mut tx = self.pool.begin().await?;
+                let tasks = queries::fetch_next(&mut *tx, &self.config, worker).await?;
+                tx.commit().await?;
+                Ok(tasks)
+            }
+        }
+    }
+
+    async fn reenqueue_abandoned(
+        &mut self,
+        tasks: Vec<PgTask>,
+        worker: &WorkerContext,
+    ) -> Result<u64, Error> {
+        // The fetch claimed these jobs ahead of their deliveries: their
+        // claims are released first, while the jobs are still this
+        // worker's, so no other worker can have started them.
+        let claims: Vec<Claimed> = tasks
+            .iter()
+            .filter_map(|task| serde_json::from_slice::<ActionJob>(&task.args).ok())
+            .filter_map(|job| self.preclaimed.take(job.action_id))
+            .collect();
+        if !claims.is_empty() {
+            match self.release(&claims).await {
+                Ok(released) => {
+                    tracing::info!("{released} claims of jobs handed back unrun released");
+                }
+                // Their next deliveries claim them again, each at one
+                // attempt more, as after a crash.
+                Err(e) => tracing::warn!(
+                    "releasing the claims of {} jobs handed back failed: {e}",
+                    claims.len()
+                ),
+            }
+        }
+        let ids: Vec<String> = tasks
+            .iter()
+            .filter_map(|t| t.task_id().map(ToString::to_string))
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let queue = self.config.queue.as_ref();
+        let count = queries::reenqueue_abandoned(&mut *tx, queue, worker.name(), &ids).await?;
+        if usize::try_from(count).ok() != Some(tasks.len()) {
+            return Err(Error::ReenqueueMismatch {
+                queued: tasks.len(),
+                abandoned: usize::try_from(count).unwrap_or(usize::MAX),
+            });
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn handle_events(
+        &mut self,
+        events: Vec<TaskEvent<Value>>,
+        worker: &WorkerContext,
+    ) -> Result<(), Error> {
+        // The backend never asks for locks (`lock_tasks(false)`): the fetch
+        // already took each job for this worker.
+        let acks: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                TaskEvent::Complete(result) => Some(result),
+                _ => None,
+            })
+            .collect();
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        queries::handle_results(&mut *tx, &acks, worker.name()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn push_tasks(&mut self, tasks: Vec<PgTask>) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        queries::push_tasks(&mut *tx, self.config.queue.as_ref(), tasks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The action queue as an apalis backend (see the module documentation).
+pub struct ActionQueue {
+    persistence: Persisted<ActionFetch>,
+    codec: JsonCodec,
+}
+
+impl ActionQueue {
+    /// The queue named in `config`, read through `pool`; claims made at
+    /// fetch time go to `preclaimed`.
+    #[must_use]
+    pub fn new(pool: &PgPool, config: Config, preclaimed: Arc<Preclaimed>) -> Self {
+        Self {
+            persistence: Persisted::new(ActionFetch {
+                pool: pool.clone(),
+                config,
+                preclaimed,
+            }),
+            codec: JsonCodec::default(),
+        }
+    }
+}
+
+impl Backend for ActionQueue {
+    type Task = PgTask;
+    type Error = Error;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), Error>> {
+        let heartbeat = self.persistence.config.heartbeat_interval;
+        self.persistence.poll_ready(cx, worker, heartbeat)
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<PgTask, Error>>> {
+        self.persistence.poll_next(cx, worker)
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), Error>> {
+        self.persistence.poll_close(cx, worker)
+    }
+}
+
+impl BackendConfig for ActionQueue {
+    type Args = ActionJob;
+    type Kind = Durable;
+    type Id = ulid::Ulid;
+    type Config = Config;
+    type Layer = TaskPersistLayer<JsonCodec<Value>, Value>;
+
+    fn config(&self) -> &Config {
+        &self.persistence.config
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        let batch_size = self.persistence.config.batch_size;
+        let persist_results = self.persistence.config.persist_results;
+        let lock_tasks = self.persistence.config.lock_tasks;
+        self.persistence
+            .layer(JsonCodec::<Value>::default(), batch_size)
+            .persist_results(persist_results)
+            .lock_tasks(lock_tasks)
+    }
+}
+
+impl WireFormatBackend for ActionQueue {
+    type Codec = JsonCodec;
+    type Compact = Vec<u8>;
+
+    fn codec(&self) -> &JsonCodec {
+        &self.codec
+    }
+}
