@@ -5,10 +5,11 @@
 //! apalis-postgres hands a fetched batch to the worker one job at a time, as
 //! slots free up, so the claims of one fetch reached the claim batcher
 //! spread out and went in several small transactions (BENCHMARKS.md: 16 rows
-//! a claim for fetches of 55). Here [`ActionQueue`] fetches with
+//! a claim for fetches of 55). Here [`ActionQueue`](crate::queue::ActionQueue) fetches with
 //! apalis-postgres's own `get_jobs` query and, in the same transaction,
-//! claims every plain job of the batch ([`db::actions::claim_batch`]); the
-//! claims wait in [`Preclaimed`] for their deliveries. A job the batch does
+//! claims every plain job of the batch
+//! ([`claim_batch`](shared::db::actions::claim_batch)); the claims wait in
+//! [`Preclaimed`](crate::queue::Preclaimed) for their deliveries. A job the batch does
 //! not claim (limits, a closed ticket, a finished action) takes the
 //! handler's usual path. Registration, heartbeats, orphan rescue, acks and
 //! re-enqueueing are apalis-postgres's own queries, so its dashboard and
