@@ -199,14 +199,15 @@ async fn sigterm_hands_back_jobs_claimed_at_fetch_but_never_run_with_no_attempt_
 ) {
     // Concurrency 2: the first fetch takes the quick action and a slow one;
     // when the quick one ends, the next fetch takes two more slow ones,
-    // claimed together, and the second waits in the worker for a slot.
+    // claimed together, and the second waits in the worker for a slot. The
+    // slow ones stay well inside the 2 s action timeout of these tests.
     let mut system = System::start(pool, 0, &[("WORKER_CONCURRENCY", "2")]).await;
     let token = system.register("Acme").await;
     let quick = system
         .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "quick", "settings": {"simulated_latency_ms": 200}}))
         .await;
     let slow = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 2000}}))
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 1500}}))
         .await;
     tickets(&system, &token, &quick, 1).await;
     tickets(&system, &token, &slow, 4).await;
