@@ -76,21 +76,6 @@ impl Preclaimed {
         claims.retain(|_, (_, at)| now.duration_since(*at) < self.max_age);
         claims.extend(claimed.into_iter().map(|(id, c)| (id, (c, now))));
     }
-
-    /// How many claims are waiting (for tests and gauges).
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.claims
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Whether no claim is waiting.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// apalis-postgres's persistence for the action queue, with the claim in
