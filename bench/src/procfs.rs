@@ -4,7 +4,10 @@
 //! Everything is read from `/proc` (Linux), so a figure costs no cooperation
 //! from the process measured.
 
-use std::{collections::HashSet, fs};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+};
 
 /// Kernel clock ticks per second (`getconf CLK_TCK`; 100 on Linux x86-64).
 fn ticks_per_second() -> f64 {
@@ -115,17 +118,22 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
         .collect()
 }
 
-/// Established TCP connections from `pid` to local port `remote_port`
-/// (PostgreSQL's), found by matching the process's socket inodes against
-/// `/proc/net/tcp{,6}`.
-pub fn connections_to_port(pid: u32, remote_port: u16) -> usize {
-    let inodes = socket_inodes(pid);
-    if inodes.is_empty() {
-        return 0;
+/// Established TCP connections from each of `pids` to local port
+/// `remote_port` (PostgreSQL's), found by matching each process's socket
+/// inodes against `/proc/net/tcp{,6}`. Reading those tables walks every
+/// socket bucket of the network namespace (about a millisecond of kernel
+/// time each), so they are read once for all the processes.
+pub fn connections_to_port(pids: &[u32], remote_port: u16) -> HashMap<u32, usize> {
+    let mut owner: HashMap<u64, u32> = HashMap::new();
+    for pid in pids {
+        owner.extend(socket_inodes(*pid).into_iter().map(|inode| (inode, *pid)));
     }
-    let mut count = 0;
+    let mut counts: HashMap<u32, usize> = pids.iter().map(|pid| (*pid, 0)).collect();
+    if owner.is_empty() {
+        return counts;
+    }
     for table in ["tcp", "tcp6"] {
-        let Ok(raw) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+        let Ok(raw) = fs::read_to_string(format!("/proc/self/net/{table}")) else {
             continue;
         };
         for line in raw.lines().skip(1) {
@@ -139,15 +147,15 @@ pub fn connections_to_port(pid: u32, remote_port: u16) -> usize {
                 .rsplit_once(':')
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
             // 01 = ESTABLISHED.
-            if port == Some(remote_port)
-                && *state == "01"
-                && inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i))
-            {
-                count += 1;
+            if port != Some(remote_port) || *state != "01" {
+                continue;
+            }
+            if let Some(pid) = inode.parse::<u64>().ok().and_then(|i| owner.get(&i)) {
+                *counts.entry(*pid).or_default() += 1;
             }
         }
     }
-    count
+    counts
 }
 
 #[cfg(test)]
@@ -161,5 +169,21 @@ mod tests {
         assert!(peak_rss_mib(me).is_some_and(|m| m > 0.0));
         assert!(rss_mib(me).is_some_and(|m| m > 0.0));
         assert!(parent(me).is_some());
+    }
+
+    #[test]
+    fn connections_to_a_port_are_counted_for_the_process_that_holds_them() {
+        let me = std::process::id();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let before = connections_to_port(&[me], port)[&me];
+        let _a = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _b = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        // The accepted ends have the port as their local one: not counted.
+        let _accepted = listener.accept().expect("accept");
+        assert_eq!(connections_to_port(&[me], port)[&me], before + 2);
+        // A process that holds none of them counts none.
+        let other = parent(me).expect("parent");
+        assert_eq!(connections_to_port(&[other], port)[&other], 0);
     }
 }
