@@ -430,6 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         login_burst: measured.login_burst,
         growth: measured.growth,
         statements: measured.statements,
+        waits: measured.waits,
         not_executed: probe::not_executed(&bench_db).await?,
         errors: measured.errors,
     };
@@ -477,6 +478,7 @@ struct Measured {
     login_burst: Option<report::LoginBurst>,
     growth: Option<report::Growth>,
     statements: Vec<(String, Vec<probe::Statement>)>,
+    waits: Vec<report::Waits>,
     /// Phases after the main figures that failed (the run still reports).
     errors: Vec<String>,
 }
@@ -606,8 +608,9 @@ async fn measure(
     };
 
     // Drain of pre-queued tickets; its workers stay for the idle reading.
+    let mut waits = Vec::new();
     let drain = if plan.drain_tickets > 0 {
-        let (d, top) = run_drain(
+        let (d, top, w) = run_drain(
             system,
             client,
             db,
@@ -619,6 +622,7 @@ async fn measure(
         )
         .await?;
         statements.extend(top.map(|t| (format!("drain with {} workers", d.workers), t)));
+        waits.push(w);
         Some(d)
     } else {
         None
@@ -688,6 +692,7 @@ async fn measure(
         login_burst,
         growth,
         statements,
+        waits,
         errors,
     })
 }
@@ -705,7 +710,7 @@ async fn run_drain(
     workers: usize,
     drain_timeout: Duration,
     stat_statements: bool,
-) -> anyhow::Result<(Drain, Option<Vec<probe::Statement>>)> {
+) -> anyhow::Result<(Drain, Option<Vec<probe::Statement>>, report::Waits)> {
     let api = system.api_url.clone();
     say(format!("queueing {tickets} tickets with no worker running"));
     let (queued, took) = load::closed_loop_create(client, &api, tenants, tickets, 32).await;
@@ -719,11 +724,13 @@ async fn run_drain(
     let t0 = probe::db_now(db).await?;
     system.start_workers(workers)?;
     let _sampler = system.sample_connections();
+    let wait_sampler = probe::WaitSampler::start(db, Duration::from_millis(20));
     let mark = system.mark();
     // The drain's end is read from the tickets' own executed_at: a
     // coarse poll costs the measurement nothing.
     let left = probe::wait_drained(db, drain_timeout, Duration::from_secs(2)).await?;
     let usage = system.usage_since(&mark);
+    let (rounds, top_waits) = wait_sampler.finish(20).await;
     system.check_alive()?;
     anyhow::ensure!(
         left == 0,
@@ -749,7 +756,12 @@ async fn run_drain(
     } else {
         None
     };
-    Ok((d, top))
+    let waits = report::Waits {
+        phase: format!("drain with {workers} workers"),
+        rounds,
+        top: top_waits,
+    };
+    Ok((d, top, waits))
 }
 
 /// One open-loop step with the workers already running: POSTs at `rate`,

@@ -378,7 +378,8 @@ async fn round(
         )
         .await;
         system.stop_workers().await;
-        let (d, top) = drained?;
+        // The growth report compares figures; the wait samples stay with the main drain.
+        let (d, top, _waits) = drained?;
         let top = top.map(|t| {
             (
                 format!("drain with {} workers, growth ({label})", d.workers),

@@ -268,6 +268,94 @@ pub async fn top_statements(pool: &PgPool, limit: i64) -> anyhow::Result<Vec<Sta
     .await?)
 }
 
+/// What the server's sessions were doing, counted over many samples: the
+/// share of samples each (wait, statement) pair took.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitSample {
+    /// `Type:Event` from `pg_stat_activity`, `CPU` for an active session
+    /// waiting on nothing, or `Client:idle in transaction` for a session
+    /// whose transaction waits on its client.
+    pub wait: String,
+    /// The statement (shortened).
+    pub query: String,
+    /// Samples in which a session was in this state.
+    pub samples: u64,
+}
+
+/// Samples taken, and how often each (wait, statement) pair was seen.
+type WaitCounts = (u64, std::collections::HashMap<(String, String), u64>);
+
+/// Samples of `pg_stat_activity` taken until [`WaitSampler::finish`].
+pub struct WaitSampler {
+    task: tokio::task::JoinHandle<WaitCounts>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl WaitSampler {
+    /// Every `every`, on a connection of its own, records what each client
+    /// session of `pool`'s database is doing (running, waiting on a lock,
+    /// on I/O, or idle inside a transaction), and the statement.
+    pub fn start(pool: &PgPool, every: Duration) -> Self {
+        let pool = pool.clone();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut counts = std::collections::HashMap::new();
+            let mut rounds = 0_u64;
+            let Ok(mut conn) = pool.acquire().await else {
+                return (rounds, counts);
+            };
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let rows: Result<Vec<(String, String)>, _> = sqlx::query_as(
+                    "SELECT CASE WHEN state = 'active' THEN coalesce(wait_event_type || ':' || wait_event, 'CPU')
+                                 ELSE 'Client:' || state END,
+                            left(regexp_replace(query, '\\s+', ' ', 'g'), 120)
+                     FROM pg_stat_activity
+                     WHERE datname = current_database() AND backend_type = 'client backend'
+                       AND pid <> pg_backend_pid()
+                       AND state IN ('active', 'idle in transaction')",
+                )
+                .fetch_all(&mut *conn)
+                .await;
+                let Ok(rows) = rows else { break };
+                rounds += 1;
+                for key in rows {
+                    *counts.entry(key).or_insert(0) += 1;
+                }
+            }
+            (rounds, counts)
+        });
+        Self { task, stop }
+    }
+
+    /// Stops sampling; the number of samples taken and the `limit` most
+    /// frequent (wait, statement) pairs, most frequent first.
+    pub async fn finish(self, limit: usize) -> (u64, Vec<WaitSample>) {
+        let _ = self.stop.send(true);
+        let (rounds, counts) = self.task.await.unwrap_or_default();
+        let mut top: Vec<WaitSample> = counts
+            .into_iter()
+            .map(|((wait, query), samples)| WaitSample {
+                wait,
+                query,
+                samples,
+            })
+            .collect();
+        top.sort_by(|a, b| {
+            b.samples
+                .cmp(&a.samples)
+                .then_with(|| a.query.cmp(&b.query))
+        });
+        top.truncate(limit);
+        (rounds, top)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use crate::{
     noop::NoopDrain,
     pgbench::PgbenchRun,
     plot::{Chart, Series},
-    probe::{ServerInfo, Statement},
+    probe::{ServerInfo, Statement, WaitSample},
     stats::Percentiles,
     system::ProcUsage,
 };
@@ -265,10 +265,23 @@ pub struct Results {
     pub growth: Option<Growth>,
     /// Top statements by phase.
     pub statements: Vec<(String, Vec<Statement>)>,
+    /// What the database's sessions were doing, by phase.
+    pub waits: Vec<Waits>,
     /// Tickets that ended FAILED or DERIVED (0 on a clean run).
     pub not_executed: i64,
     /// Phases that failed (the figures of the others are still here).
     pub errors: Vec<String>,
+}
+
+/// Samples of what the database's sessions were doing during one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waits {
+    /// The phase.
+    pub phase: String,
+    /// Samples taken.
+    pub rounds: u64,
+    /// The most frequent (wait, statement) pairs.
+    pub top: Vec<WaitSample>,
 }
 
 impl Results {
@@ -666,6 +679,23 @@ pub fn markdown(r: &Results) -> String {
                 st.mean_ms,
                 st.rows,
                 st.query.replace('|', "\\|").replace('`', "'")
+            );
+        }
+    }
+    for w in &r.waits {
+        let _ = writeln!(
+            s,
+            "\n## What the database's sessions were doing: {}\n\n{} samples of `pg_stat_activity`, one every 20 ms. \"sessions\" is how many sessions were in that state on average; `CPU` is running, `Client:idle in transaction` waits on its client inside a transaction.\n\n| sessions | wait | statement |\n|---:|---|---|",
+            w.phase, w.rounds
+        );
+        for t in &w.top {
+            #[expect(clippy::cast_precision_loss, reason = "sample counts")]
+            let mean = t.samples as f64 / w.rounds.max(1) as f64;
+            let _ = writeln!(
+                s,
+                "| {mean:.2} | {} | `{}` |",
+                t.wait,
+                t.query.replace('|', "\\|").replace('`', "'")
             );
         }
     }
