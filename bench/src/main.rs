@@ -97,8 +97,8 @@ struct Cli {
     /// Worker processes draining them.
     #[arg(long)]
     drain_workers: Option<usize>,
-    /// `WORKER_CONCURRENCY` of each worker (default: the product's, 64).
-    #[arg(long, default_value_t = 64)]
+    /// `WORKER_CONCURRENCY` of each worker (default: the product's, 256).
+    #[arg(long, default_value_t = 256)]
     worker_concurrency: usize,
     /// Simulated provider latency per action (ms).
     #[arg(long, default_value_t = 0)]

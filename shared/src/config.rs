@@ -123,8 +123,8 @@ pub struct Config {
     /// overload turns into fast refusals with bounded memory rather than a
     /// queue that grows without limit.
     pub api_max_in_flight: usize,
-    /// `WORKER_CONCURRENCY` (default 64): actions one worker process runs at
-    /// once; also its fetch batch and the largest group commit.
+    /// `WORKER_CONCURRENCY` (default 256): actions one worker process runs
+    /// at once; also its fetch batch and the largest group commit.
     pub worker_concurrency: usize,
     /// `WORKER_METRICS_ADDR` (default `127.0.0.1:9091`).
     pub worker_metrics_addr: SocketAddr,
@@ -265,7 +265,7 @@ impl Config {
                 });
             }
         };
-        let worker_concurrency = env.parse("WORKER_CONCURRENCY", 64usize)?;
+        let worker_concurrency = env.parse("WORKER_CONCURRENCY", 256usize)?;
         if !(1..=1024).contains(&worker_concurrency) {
             return Err(ConfigError::Invalid {
                 var: "WORKER_CONCURRENCY",
@@ -401,7 +401,7 @@ mod tests {
     fn defaults_apply_when_only_required_variables_are_set() {
         let config = Config::from_vars(base()).unwrap();
         assert_eq!(config.api_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.worker_concurrency, 64);
+        assert_eq!(config.worker_concurrency, 256);
         assert_eq!(config.api_max_in_flight, 256);
         assert!(config.azure.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
