@@ -55,7 +55,31 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("txdx")))
+        .connect_lazy_with(session_options(options)))
+}
+
+/// The settings every connection of ours starts its session with.
+///
+/// - `plan_cache_mode = force_custom_plan`: each execution of a prepared
+///   statement is planned with its parameters and the statistics of the
+///   moment. By default PostgreSQL moves a prepared statement to a generic
+///   plan after five executions and keeps it for the connection's life; a
+///   worker that prepared its statements while the queue tables were
+///   nearly empty kept their sequential scans as the tables grew. Under a
+///   steady 1,000 tickets/s apalis's ack went from 0.9 to 95 ms a call
+///   within 40 s, the fetch from 1.3 to 45 ms, and POST→EXECUTED p99 from
+///   0.19 to 4.2 s (BENCHMARKS.md). Forcing custom plans for the ack alone
+///   left the fetch and the outcome statements degrading.
+/// - `max_parallel_workers_per_gather = 0`: our statements are short and
+///   reach their rows by key; a custom plan made on statistics that lag a
+///   burst once chose a parallel scan to read the actions of 49 tickets
+///   (9.4 ms a call instead of 0.35).
+#[must_use]
+pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.application_name("txdx").options([
+        ("plan_cache_mode", "force_custom_plan"),
+        ("max_parallel_workers_per_gather", "0"),
+    ])
 }
 
 /// Why the schema could not be brought up to date.

@@ -384,3 +384,46 @@ async fn every_policy_reads_its_setting_once_per_statement(pool: PgPool) {
             .unwrap();
     assert!(policies >= 17, "{policies} policies");
 }
+
+/// A statement prepared while its table is small must not keep that
+/// moment's plan as the table grows: our connections plan every execution
+/// (`db::session_options`). PostgreSQL's default switches to a generic plan
+/// after five executions, which a connection without our settings shows.
+#[sqlx::test(migrations = false)]
+async fn our_connections_plan_every_execution_with_the_statistics_of_the_moment(pool: PgPool) {
+    use sqlx::Connection as _;
+    const PROBE: &str = "SELECT count(*) FROM plan_probe WHERE id = $1";
+    async fn plans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+        for id in 0..10 {
+            sqlx::query_scalar::<_, i64>(PROBE)
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        }
+        sqlx::query_as(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+        )
+        .bind(PROBE)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    }
+    sqlx::query("CREATE TABLE plan_probe (id int PRIMARY KEY, payload text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let plain = (*pool.connect_options()).clone();
+    let mut ours = sqlx::PgConnection::connect_with(&db::session_options(plain.clone()))
+        .await
+        .unwrap();
+    assert_eq!(plans(&mut ours).await, (0, 10));
+    let parallel: String = sqlx::query_scalar("SHOW max_parallel_workers_per_gather")
+        .fetch_one(&mut ours)
+        .await
+        .unwrap();
+    assert_eq!(parallel, "0");
+    let mut theirs = sqlx::PgConnection::connect_with(&plain).await.unwrap();
+    let (generic, custom) = plans(&mut theirs).await;
+    assert!(generic > 0, "generic {generic}, custom {custom}");
+}
