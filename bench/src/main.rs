@@ -97,9 +97,9 @@ struct Cli {
     /// Worker processes draining them.
     #[arg(long)]
     drain_workers: Option<usize>,
-    /// `WORKER_CONCURRENCY` of each worker (default: the product's, 256).
-    #[arg(long, default_value_t = 256)]
-    worker_concurrency: usize,
+    /// `WORKER_CONCURRENCY` of each worker (default: the product's own).
+    #[arg(long)]
+    worker_concurrency: Option<usize>,
     /// Simulated provider latency per action (ms).
     #[arg(long, default_value_t = 0)]
     simulated_latency_ms: u32,
@@ -369,14 +369,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // 3. The real system.
     let mut env = vec![
-        (
-            "WORKER_CONCURRENCY".to_owned(),
-            cli.worker_concurrency.to_string(),
-        ),
         // The allocator setting `./dev up` and the Dockerfile run the
         // binaries with (ARCHITECTURE.md, "Memory").
         ("MALLOC_MMAP_THRESHOLD_".to_owned(), "131072".to_owned()),
     ];
+    if let Some(n) = cli.worker_concurrency {
+        env.push(("WORKER_CONCURRENCY".to_owned(), n.to_string()));
+    }
     env.extend(cli.env.iter().cloned());
     let mut system = System::new(&bin_dir, &out_dir.join("logs"), &bench_url, pg_port, &env)?;
     system.postmaster = postmaster;
@@ -430,7 +429,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         login_burst: measured.login_burst,
         growth: measured.growth,
         statements: measured.statements,
-        waits: measured.waits,
         not_executed: probe::not_executed(&bench_db).await?,
         errors: measured.errors,
     };
@@ -478,7 +476,6 @@ struct Measured {
     login_burst: Option<report::LoginBurst>,
     growth: Option<report::Growth>,
     statements: Vec<(String, Vec<probe::Statement>)>,
-    waits: Vec<report::Waits>,
     /// Phases after the main figures that failed (the run still reports).
     errors: Vec<String>,
 }
@@ -608,9 +605,8 @@ async fn measure(
     };
 
     // Drain of pre-queued tickets; its workers stay for the idle reading.
-    let mut waits = Vec::new();
     let drain = if plan.drain_tickets > 0 {
-        let (d, top, w) = run_drain(
+        let (d, top) = run_drain(
             system,
             client,
             db,
@@ -622,7 +618,6 @@ async fn measure(
         )
         .await?;
         statements.extend(top.map(|t| (format!("drain with {} workers", d.workers), t)));
-        waits.push(w);
         Some(d)
     } else {
         None
@@ -692,7 +687,6 @@ async fn measure(
         login_burst,
         growth,
         statements,
-        waits,
         errors,
     })
 }
@@ -710,7 +704,7 @@ async fn run_drain(
     workers: usize,
     drain_timeout: Duration,
     stat_statements: bool,
-) -> anyhow::Result<(Drain, Option<Vec<probe::Statement>>, report::Waits)> {
+) -> anyhow::Result<(Drain, Option<Vec<probe::Statement>>)> {
     let api = system.api_url.clone();
     say(format!("queueing {tickets} tickets with no worker running"));
     let (queued, took) = load::closed_loop_create(client, &api, tenants, tickets, 32).await;
@@ -730,7 +724,7 @@ async fn run_drain(
     // coarse poll costs the measurement nothing.
     let left = probe::wait_drained(db, drain_timeout, Duration::from_secs(2)).await?;
     let usage = system.usage_since(&mark);
-    let (rounds, top_waits) = wait_sampler.finish(20).await;
+    let (wait_rounds, waits) = wait_sampler.finish(20).await;
     system.check_alive()?;
     anyhow::ensure!(
         left == 0,
@@ -746,6 +740,8 @@ async fn run_drain(
         actions_per_sec: queued as f64 / seconds,
         seconds,
         usage,
+        wait_rounds,
+        waits,
     };
     say(format!(
         "drain: {:.0} actions/s ({} tickets, {} workers, {:.1} s)",
@@ -756,12 +752,7 @@ async fn run_drain(
     } else {
         None
     };
-    let waits = report::Waits {
-        phase: format!("drain with {workers} workers"),
-        rounds,
-        top: top_waits,
-    };
-    Ok((d, top, waits))
+    Ok((d, top))
 }
 
 /// One open-loop step with the workers already running: POSTs at `rate`,

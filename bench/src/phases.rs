@@ -378,8 +378,7 @@ async fn round(
         )
         .await;
         system.stop_workers().await;
-        // The growth report compares figures; the wait samples stay with the main drain.
-        let (d, top, _waits) = drained?;
+        let (d, top) = drained?;
         let top = top.map(|t| {
             (
                 format!("drain with {} workers, growth ({label})", d.workers),

@@ -41,8 +41,9 @@ pub struct Settings {
     pub smoke: bool,
     /// Companies (tenants) the load is spread over.
     pub companies: usize,
-    /// `WORKER_CONCURRENCY` of every worker process.
-    pub worker_concurrency: usize,
+    /// `WORKER_CONCURRENCY` of every worker process (`None`: the product's
+    /// default).
+    pub worker_concurrency: Option<usize>,
     /// Simulated provider latency per action (ms).
     pub simulated_latency_ms: u32,
     /// Workers running during the rate sweep and the half-saturation step.
@@ -124,6 +125,10 @@ pub struct Drain {
     pub seconds: f64,
     /// Resources during the drain.
     pub usage: Vec<ProcUsage>,
+    /// Samples of `pg_stat_activity` taken during the drain.
+    pub wait_rounds: u64,
+    /// The most frequent (wait, statement) pairs of those samples.
+    pub waits: Vec<WaitSample>,
 }
 
 /// One process's memory at rest.
@@ -265,23 +270,10 @@ pub struct Results {
     pub growth: Option<Growth>,
     /// Top statements by phase.
     pub statements: Vec<(String, Vec<Statement>)>,
-    /// What the database's sessions were doing, by phase.
-    pub waits: Vec<Waits>,
     /// Tickets that ended FAILED or DERIVED (0 on a clean run).
     pub not_executed: i64,
     /// Phases that failed (the figures of the others are still here).
     pub errors: Vec<String>,
-}
-
-/// Samples of what the database's sessions were doing during one phase.
-#[derive(Debug, Clone, Serialize)]
-pub struct Waits {
-    /// The phase.
-    pub phase: String,
-    /// Samples taken.
-    pub rounds: u64,
-    /// The most frequent (wait, statement) pairs.
-    pub top: Vec<WaitSample>,
 }
 
 impl Results {
@@ -390,7 +382,9 @@ pub fn markdown(r: &Results) -> String {
         "| PostgreSQL settings | {} |\n| companies | {} |\n| WORKER_CONCURRENCY | {} |\n| simulated provider latency | {} ms |",
         settings.join(", "),
         r.settings.companies,
-        r.settings.worker_concurrency,
+        r.settings
+            .worker_concurrency
+            .map_or_else(|| "the product's default".to_owned(), |n| n.to_string()),
         r.settings.simulated_latency_ms
     );
 
@@ -682,15 +676,23 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
-    for w in &r.waits {
+    let drains = r.drain.iter().map(|d| (String::new(), d)).chain(
+        r.growth.iter().flat_map(|g| &g.rounds).filter_map(|round| {
+            round
+                .drain
+                .as_ref()
+                .map(|d| (format!(", growth ({})", round.label), d))
+        }),
+    );
+    for (label, d) in drains {
         let _ = writeln!(
             s,
-            "\n## What the database's sessions were doing: {}\n\n{} samples of `pg_stat_activity`, one every 20 ms. \"sessions\" is how many sessions were in that state on average; `CPU` is running, `Client:idle in transaction` waits on its client inside a transaction.\n\n| sessions | wait | statement |\n|---:|---|---|",
-            w.phase, w.rounds
+            "\n## What the database's sessions were doing: drain with {} workers{label}\n\n{} samples of `pg_stat_activity`, one every 20 ms. \"sessions\" is how many sessions were in that state on average; `CPU` is running, `Client:idle in transaction` waits on its client inside a transaction.\n\n| sessions | wait | statement |\n|---:|---|---|",
+            d.workers, d.wait_rounds
         );
-        for t in &w.top {
+        for t in &d.waits {
             #[expect(clippy::cast_precision_loss, reason = "sample counts")]
-            let mean = t.samples as f64 / w.rounds.max(1) as f64;
+            let mean = t.samples as f64 / d.wait_rounds.max(1) as f64;
             let _ = writeln!(
                 s,
                 "| {mean:.2} | {} | `{}` |",
