@@ -100,7 +100,9 @@ impl FromRequestParts<AppState> for AuthUser {
                 ),
                 _ => ApiError::Unauthorized("invalid or expired token".into()),
             })?;
-        let mut tx = db::begin_tenant(&state.pool, claims.company_id).await?;
+        // One primary-key lookup, on every request: its plan is worth keeping.
+        let mut tx =
+            db::begin_tenant_with(&state.pool, claims.company_id, db::Plans::Reused).await?;
         let user = match db::users::find_user(&mut tx, claims.company_id, claims.sub).await {
             Ok(user) => user,
             Err(db::DbError::NotFound(_)) => {

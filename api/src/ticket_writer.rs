@@ -281,6 +281,9 @@ pub async fn create_tickets(
     } else {
         backlog_cache.backlogs(conn, &companies).await?
     };
+    // What is left are inserts, whose plans (and those of the foreign-key
+    // checks they fire, one per row) are the same for any batch.
+    db::plan(conn, db::Plans::Reused).await?;
 
     let mut written: HashMap<Uuid, Ticket> = db::tickets::insert_tickets(conn, &tickets)
         .await?

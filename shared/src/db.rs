@@ -137,7 +137,64 @@ pub async fn begin_tenant(
     pool: &PgPool,
     company_id: Uuid,
 ) -> Result<Transaction<'static, Postgres>, DbError> {
-    begin_as_app(pool, "app.company_id", company_id.to_string()).await
+    begin_tenant_with(pool, company_id, Plans::PerExecution).await
+}
+
+/// [`begin_tenant`], with the transaction's statements planned as `plans` says.
+///
+/// # Errors
+/// When no connection can be had or the settings cannot be applied.
+pub async fn begin_tenant_with(
+    pool: &PgPool,
+    company_id: Uuid,
+    plans: Plans,
+) -> Result<Transaction<'static, Postgres>, DbError> {
+    let mut tx = pool.begin().await?;
+    scope_as_app(&mut tx, "app.company_id", company_id.to_string(), plans).await?;
+    Ok(tx)
+}
+
+/// How the statements of a transaction are planned: PostgreSQL's
+/// `plan_cache_mode`, set for the transaction only.
+///
+/// Our sessions plan every execution ([`session_options`]): a plan made
+/// once, for no particular parameters, is wrong for the statements whose
+/// best plan depends on how many values an array parameter holds or on how
+/// large a fast-growing table has become (BENCHMARKS.md). Planning has its
+/// price, though: under 600 tickets/s it was 31 % of PostgreSQL's statement
+/// time, and the foreign-key checks an insert fires (internal prepared
+/// statements, one per parent row) were planned once per inserted row too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plans {
+    /// Every execution planned with its parameters and the statistics of
+    /// the moment (`force_custom_plan`, the sessions' default).
+    PerExecution,
+    /// PostgreSQL's own choice (`auto`): after five executions a statement
+    /// may keep a generic plan. Only for statements whose plan is the same
+    /// whatever their parameters and the size of their tables: inserts
+    /// (with the foreign-key checks they fire) and primary-key lookups.
+    Reused,
+}
+
+impl Plans {
+    fn setting(self) -> &'static str {
+        match self {
+            Self::PerExecution => "force_custom_plan",
+            Self::Reused => "auto",
+        }
+    }
+}
+
+/// Plans the rest of an open transaction's statements as `plans` says.
+///
+/// # Errors
+/// When the setting cannot be applied.
+pub async fn plan(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), DbError> {
+    sqlx::query("SELECT set_config('plan_cache_mode', $1, true)")
+        .bind(plans.setting())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Starts a transaction scoped to several companies at once: role
@@ -179,7 +236,7 @@ pub async fn scope_tenants(
             .collect::<Vec<_>>()
             .join(",")
     );
-    scope_as_app(conn, "app.company_ids", scope).await
+    scope_as_app(conn, "app.company_ids", scope, Plans::PerExecution).await
 }
 
 /// Starts a transaction as the app role that may see exactly one user row by
@@ -191,33 +248,34 @@ pub async fn begin_login_lookup(
     pool: &PgPool,
     username: &str,
 ) -> Result<Transaction<'static, Postgres>, DbError> {
-    begin_as_app(pool, "app.login_username", username.to_owned()).await
-}
-
-/// A transaction as [`APP_ROLE`] with one scoping setting; both are
-/// transaction-local, so nothing reaches the next user of the connection.
-async fn begin_as_app(
-    pool: &PgPool,
-    setting: &'static str,
-    value: String,
-) -> Result<Transaction<'static, Postgres>, DbError> {
     let mut tx = pool.begin().await?;
-    scope_as_app(&mut tx, setting, value).await?;
+    scope_as_app(
+        &mut tx,
+        "app.login_username",
+        username.to_owned(),
+        Plans::PerExecution,
+    )
+    .await?;
     Ok(tx)
 }
 
-/// Switches an open transaction to [`APP_ROLE`] with one scoping setting,
-/// both transaction-local.
+/// Switches an open transaction to [`APP_ROLE`] with one scoping setting and
+/// a plan mode, all transaction-local, so nothing reaches the next user of
+/// the connection.
 async fn scope_as_app(
     conn: &mut sqlx::PgConnection,
     setting: &'static str,
     value: String,
+    plans: Plans,
 ) -> Result<(), DbError> {
-    sqlx::query("SELECT set_config($1, $2, true), set_config('role', $3, true)")
-        .bind(setting)
-        .bind(value)
-        .bind(APP_ROLE)
-        .execute(conn)
+    sqlx::query(
+        "SELECT set_config($1, $2, true), set_config('role', $3, true), set_config('plan_cache_mode', $4, true)",
+    )
+    .bind(setting)
+    .bind(value)
+    .bind(APP_ROLE)
+    .bind(plans.setting())
+    .execute(conn)
         .await?;
     Ok(())
 }

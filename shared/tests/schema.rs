@@ -427,3 +427,63 @@ async fn our_connections_plan_every_execution_with_the_statistics_of_the_moment(
     let (generic, custom) = plans(&mut theirs).await;
     assert!(generic > 0, "generic {generic}, custom {custom}");
 }
+
+/// A transaction may let its statements keep generic plans
+/// (`db::Plans::Reused`), from its start or from any point on; the setting
+/// ends with the transaction, and the connection's next transaction plans
+/// every execution again.
+#[sqlx::test(migrations = false)]
+async fn a_transaction_may_reuse_plans_and_the_next_one_plans_every_execution_again(pool: PgPool) {
+    const PROBE: &str = "SELECT count(*) FROM companies WHERE id = $1";
+    /// Runs the probe ten times; the statement's (generic, custom) plans since it was prepared.
+    async fn probe(conn: &mut sqlx::PgConnection, id: Uuid) -> (i64, i64) {
+        for _ in 0..10 {
+            let n: i64 = sqlx::query_scalar(PROBE)
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+        sqlx::query_as(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+        )
+        .bind(PROBE)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    }
+    db::migrate(&pool).await.unwrap();
+    let a = seed_company(&pool, "alpha").await;
+    // One connection of ours, so every transaction below reuses it.
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db::session_options((*pool.connect_options()).clone()))
+        .await
+        .unwrap();
+
+    let mut tx = db::begin_tenant(&single, a).await.unwrap();
+    assert_eq!(probe(&mut tx, a).await, (0, 10));
+    db::plan(&mut tx, db::Plans::Reused).await.unwrap();
+    let (generic, custom) = probe(&mut tx, a).await;
+    assert!(generic > 0, "generic {generic}, custom {custom}");
+    tx.commit().await.unwrap();
+
+    let mut tx = db::begin_tenant(&single, a).await.unwrap();
+    assert_eq!(probe(&mut tx, a).await, (generic, custom + 10));
+    tx.commit().await.unwrap();
+
+    let mut tx = db::begin_tenant_with(&single, a, db::Plans::Reused)
+        .await
+        .unwrap();
+    assert_eq!(db::current_tenant(&mut tx).await.unwrap(), Some(a));
+    assert_eq!(probe(&mut tx, a).await, (generic + 10, custom + 10));
+    tx.rollback().await.unwrap();
+
+    let mut conn = single.acquire().await.unwrap();
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_custom_plan");
+}
