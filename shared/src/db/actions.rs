@@ -635,10 +635,10 @@ pub struct AttemptOutcome {
 
 /// [`record_outcome`] for many attempts in one transaction (group commit).
 /// Successes, the common case, are written set-based: one update of the
-/// actions (the same compare-and-set on RUNNING and the attempt), one insert
-/// of their audit rows, one query for the next actions and one push of their
-/// jobs, the slot wake-ups, and one settle of the finished tickets with their
-/// audit rows. Other outcomes go through [`record_outcome`] one by one in the
+/// actions (the same compare-and-set on RUNNING and the attempt), one query
+/// for the next actions and one push of their jobs, the slot wake-ups, one
+/// settle of the finished tickets, and last one insert of the audit rows of
+/// both the actions and the tickets, with reused plans ([`super::Plans`]). Other outcomes go through [`record_outcome`] one by one in the
 /// same transaction. The results come back in the order of `items`. Call in
 /// a transaction from [`crate::db::begin_tenants`] naming every item's company.
 ///
@@ -707,21 +707,18 @@ async fn record_successes(
     if actions.is_empty() {
         return Ok(HashMap::new());
     }
-    insert_audit_events(
-        conn,
-        actions
-            .iter()
-            .map(|(a, attempt)| NewAuditEvent {
-                company_id: a.company_id,
-                actor_user_id: None,
-                action: "action.succeeded",
-                entity_type: "ticket_action",
-                entity_id: Some(a.id),
-                payload: json!({"ticket_id": a.ticket_id, "provider": a.provider, "action": a.action, "attempt": attempt}),
-            })
-            .collect(),
-    )
-    .await?;
+    // The batch's audit rows, written together at the end.
+    let mut audits: Vec<NewAuditEvent<'static>> = actions
+        .iter()
+        .map(|(a, attempt)| NewAuditEvent {
+            company_id: a.company_id,
+            actor_user_id: None,
+            action: "action.succeeded",
+            entity_type: "ticket_action",
+            entity_id: Some(a.id),
+            payload: json!({"ticket_id": a.ticket_id, "provider": a.provider, "action": a.action, "attempt": attempt}),
+        })
+        .collect();
     // One read of every action of the batch's tickets serves both what
     // follows: the chain (each ticket's next PENDING action after the one
     // that succeeded gets its job) and the settling of the tickets that have
@@ -781,7 +778,11 @@ async fn record_successes(
         .into_iter()
         .filter(|r| !continuing.contains(&r.ticket_id))
         .collect();
-    let settled = settle_from_rows(conn, &settle).await?;
+    let settled = settle_from_rows(conn, &settle, &mut audits).await?;
+    // Only the insert is left: its plan, and those of the foreign-key checks
+    // it fires for every row, are the same for any batch.
+    super::plan(conn, super::Plans::Reused).await?;
+    insert_audit_events(conn, audits).await?;
     Ok(actions
         .iter()
         .map(|(a, _)| {
@@ -810,7 +811,10 @@ pub async fn settle_tickets(
         return Ok(HashMap::new());
     }
     let rows = read_ticket_actions(conn, tickets).await?;
-    settle_from_rows(conn, &rows).await
+    let mut audits = Vec::new();
+    let settled = settle_from_rows(conn, &rows, &mut audits).await?;
+    insert_audit_events(conn, audits).await?;
+    Ok(settled)
 }
 
 /// One action as [`settle_tickets`] and the success batch's chain see it.
@@ -846,10 +850,12 @@ async fn read_ticket_actions(
 
 /// Derives each ticket's status from `rows` (all its actions, as
 /// [`read_ticket_actions`] returns them) and writes the tickets that reach
-/// a terminal status, with their audit rows.
+/// a terminal status; their audit rows are added to `audits`, for the
+/// caller to insert.
 async fn settle_from_rows(
     conn: &mut PgConnection,
     rows: &[ActionRow],
+    audits: &mut Vec<NewAuditEvent<'static>>,
 ) -> Result<HashMap<Uuid, TicketStatus>, DbError> {
     // Rows come ordered by ticket: one run of rows per ticket.
     let mut statuses = HashMap::new();
@@ -887,8 +893,7 @@ async fn settle_from_rows(
     .bind(&reasons)
     .fetch_all(&mut *conn)
     .await?;
-    insert_audit_events(
-        conn,
+    audits.extend(
         moved
             .iter()
             .map(|(ticket_id, company_id, status, reason)| NewAuditEvent {
@@ -898,10 +903,8 @@ async fn settle_from_rows(
                 entity_type: "ticket",
                 entity_id: Some(*ticket_id),
                 payload: json!({"from": TicketStatus::Pending, "to": status, "reason": reason}),
-            })
-            .collect(),
-    )
-    .await?;
+            }),
+    );
     Ok(statuses)
 }
 
