@@ -74,11 +74,19 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
 ///   reach their rows by key; a custom plan made on statistics that lag a
 ///   burst once chose a parallel scan to read the actions of 49 tickets
 ///   (9.4 ms a call instead of 0.35).
+/// - `jit = off`: PostgreSQL compiles a statement to machine code when its
+///   estimated cost passes `jit_above_cost`, which estimates made before a
+///   table's first analyse can do for a read of a few rows. In the
+///   benchmark's drain the read of a batch's ticket actions (200 rows, 1,218
+///   buffers) was compiled 381 times, once with inlining and optimisation
+///   for 416 ms (`auto_explain`, BENCHMARKS.md). Our statements are short;
+///   compiling never pays for them.
 #[must_use]
 pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
     options.application_name("txdx").options([
         ("plan_cache_mode", "force_custom_plan"),
         ("max_parallel_workers_per_gather", "0"),
+        ("jit", "off"),
     ])
 }
 

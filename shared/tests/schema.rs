@@ -423,6 +423,11 @@ async fn our_connections_plan_every_execution_with_the_statistics_of_the_moment(
         .await
         .unwrap();
     assert_eq!(parallel, "0");
+    let jit: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&mut ours)
+        .await
+        .unwrap();
+    assert_eq!(jit, "off");
     let mut theirs = sqlx::PgConnection::connect_with(&plain).await.unwrap();
     let (generic, custom) = plans(&mut theirs).await;
     assert!(generic > 0, "generic {generic}, custom {custom}");
