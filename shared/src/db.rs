@@ -284,7 +284,7 @@ async fn scope_as_app(
     .bind(APP_ROLE)
     .bind(plans.setting())
     .execute(conn)
-        .await?;
+    .await?;
     Ok(())
 }
 

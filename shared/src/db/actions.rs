@@ -638,9 +638,10 @@ pub struct AttemptOutcome {
 /// actions (the same compare-and-set on RUNNING and the attempt), one query
 /// for the next actions and one push of their jobs, the slot wake-ups, one
 /// settle of the finished tickets, and last one insert of the audit rows of
-/// both the actions and the tickets, with reused plans ([`super::Plans`]). Other outcomes go through [`record_outcome`] one by one in the
-/// same transaction. The results come back in the order of `items`. Call in
-/// a transaction from [`crate::db::begin_tenants`] naming every item's company.
+/// both the actions and the tickets, with reused plans ([`super::Plans`]).
+/// Other outcomes go through [`record_outcome`] one by one in the same
+/// transaction. The results come back in the order of `items`. Call in a
+/// transaction from [`crate::db::begin_tenants`] naming every item's company.
 ///
 /// # Errors
 /// Database failures (the caller's transaction then rolls back, and nothing
