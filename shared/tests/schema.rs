@@ -394,20 +394,7 @@ async fn our_connections_plan_every_execution_with_the_statistics_of_the_moment(
     use sqlx::Connection as _;
     const PROBE: &str = "SELECT count(*) FROM plan_probe WHERE id = $1";
     async fn plans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
-        for id in 0..10 {
-            sqlx::query_scalar::<_, i64>(PROBE)
-                .bind(id)
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-        }
-        sqlx::query_as(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-        )
-        .bind(PROBE)
-        .fetch_one(conn)
-        .await
-        .unwrap()
+        plans_after_ten_runs(conn, PROBE, 1, 0).await
     }
     sqlx::query("CREATE TABLE plan_probe (id int PRIMARY KEY, payload text)")
         .execute(&pool)
@@ -440,23 +427,8 @@ async fn our_connections_plan_every_execution_with_the_statistics_of_the_moment(
 #[sqlx::test(migrations = false)]
 async fn a_transaction_may_reuse_plans_and_the_next_one_plans_every_execution_again(pool: PgPool) {
     const PROBE: &str = "SELECT count(*) FROM companies WHERE id = $1";
-    /// Runs the probe ten times; the statement's (generic, custom) plans since it was prepared.
     async fn probe(conn: &mut sqlx::PgConnection, id: Uuid) -> (i64, i64) {
-        for _ in 0..10 {
-            let n: i64 = sqlx::query_scalar(PROBE)
-                .bind(id)
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-            assert_eq!(n, 1);
-        }
-        sqlx::query_as(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-        )
-        .bind(PROBE)
-        .fetch_one(conn)
-        .await
-        .unwrap()
+        plans_after_ten_runs(conn, PROBE, id, 1).await
     }
     db::migrate(&pool).await.unwrap();
     let a = seed_company(&pool, "alpha").await;
@@ -491,4 +463,33 @@ async fn a_transaction_may_reuse_plans_and_the_next_one_plans_every_execution_ag
         .await
         .unwrap();
     assert_eq!(mode, "force_custom_plan");
+}
+
+/// Runs `probe` (a `count(*)` with one parameter) ten times with `value`,
+/// each expected to count `expected`; the statement's (generic, custom)
+/// plans on `conn` since it was prepared.
+async fn plans_after_ten_runs<T>(
+    conn: &mut sqlx::PgConnection,
+    probe: &'static str,
+    value: T,
+    expected: i64,
+) -> (i64, i64)
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Clone + Send,
+{
+    for _ in 0..10 {
+        let n: i64 = sqlx::query_scalar(probe)
+            .bind(value.clone())
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(n, expected);
+    }
+    sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind(probe)
+    .fetch_one(conn)
+    .await
+    .unwrap()
 }
