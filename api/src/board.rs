@@ -186,7 +186,8 @@ async fn require_operator(State(state): State<AppState>, request: Request, next:
     };
     let candidate = hash.unwrap_or_else(|| password::dummy_hash().to_owned());
     let ok = match state
-        .hash_blocking(move || password::verify_password(&password, &candidate))
+        .hashing
+        .run(move || password::verify_password(&password, &candidate))
         .await
     {
         Ok(ok) => ok,

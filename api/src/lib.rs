@@ -27,6 +27,8 @@ pub mod board;
 pub mod error;
 /// Extractors with problem+json rejections.
 pub mod extract;
+/// Password hashing, bounded and at the lowest scheduling class.
+pub mod hashing;
 /// The OpenAPI document.
 pub mod openapi;
 /// Page parameters of the list endpoints.

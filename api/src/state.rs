@@ -20,35 +20,15 @@ pub struct AppState {
     pub secrets: Arc<dyn SecretStore>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// argon2id runs on blocking threads, at most this many at once, so a
-    /// burst of logins cannot starve the executor or the other requests.
-    pub hashing: Arc<Semaphore>,
+    /// argon2id, off the executor, bounded, at the lowest priority, so a
+    /// burst of logins cannot starve the other requests.
+    pub hashing: crate::hashing::Hashing,
     /// Recently verified operator credentials for the queue board.
     pub operator_auth: crate::board::OperatorAuthCache,
     /// One permit per `/api/` request being worked on (`API_MAX_IN_FLIGHT`).
     pub in_flight: Arc<Semaphore>,
     /// The group commit of new tickets.
     pub tickets: crate::ticket_writer::TicketWriter,
-}
-
-impl AppState {
-    /// Runs a CPU-heavy password operation off the async executor, bounded.
-    ///
-    /// # Errors
-    /// When the blocking task panics or the semaphore is closed.
-    pub async fn hash_blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, crate::error::ApiError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| crate::error::ApiError::Internal(e.into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| crate::error::ApiError::Internal(e.into()))
-    }
 }
 
 impl AppState {
@@ -60,9 +40,6 @@ impl AppState {
         secrets: Arc<dyn SecretStore>,
         metrics: PrometheusHandle,
     ) -> Self {
-        let permits = std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(2);
         let in_flight = Arc::new(Semaphore::new(config.api_max_in_flight));
         let tickets = crate::ticket_writer::TicketWriter::spawn(pool.clone(), config.clone());
         Self {
@@ -71,7 +48,7 @@ impl AppState {
             config,
             secrets,
             metrics,
-            hashing: Arc::new(Semaphore::new(permits)),
+            hashing: crate::hashing::Hashing::per_cpu(),
             operator_auth: crate::board::OperatorAuthCache::default(),
             in_flight,
             tickets,

@@ -185,7 +185,8 @@ async fn register_company(
         .map_err(|e| ApiError::invalid("password", e.to_string()))?;
     let pw = body.password.clone();
     let hash = state
-        .hash_blocking(move || password::hash_password(&pw))
+        .hashing
+        .run(move || password::hash_password(&pw))
         .await?
         .map_err(|e| ApiError::Internal(e.into()))?;
 
@@ -273,7 +274,8 @@ async fn login(
         .unwrap_or_else(|| password::dummy_hash().to_owned());
     let pw = body.password;
     let matches = state
-        .hash_blocking(move || password::verify_password(&pw, &candidate_hash))
+        .hashing
+        .run(move || password::verify_password(&pw, &candidate_hash))
         .await?;
 
     let user = match (found, matches) {

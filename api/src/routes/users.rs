@@ -211,7 +211,8 @@ async fn create_user(
         .map_err(|e| ApiError::invalid("password", e.to_string()))?;
     let pw = body.password;
     let hash = state
-        .hash_blocking(move || password::hash_password(&pw))
+        .hashing
+        .run(move || password::hash_password(&pw))
         .await?
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut tx = db::begin_tenant(&state.pool, admin.company_id).await?;
@@ -309,7 +310,8 @@ async fn update_user(
             let pw = pw.clone();
             Some(
                 state
-                    .hash_blocking(move || password::hash_password(&pw))
+                    .hashing
+                    .run(move || password::hash_password(&pw))
                     .await?
                     .map_err(|e| ApiError::Internal(e.into()))?,
             )
