@@ -725,6 +725,7 @@ async fn run_drain(
     let left = probe::wait_drained(db, drain_timeout, Duration::from_secs(2)).await?;
     let usage = system.usage_since(&mark);
     let (wait_rounds, waits) = wait_sampler.finish(20).await;
+    let steps = system.worker_steps(client).await;
     system.check_alive()?;
     anyhow::ensure!(
         left == 0,
@@ -742,6 +743,7 @@ async fn run_drain(
         usage,
         wait_rounds,
         waits,
+        steps,
     };
     say(format!(
         "drain: {:.0} actions/s ({} tickets, {} workers, {:.1} s)",

@@ -129,6 +129,9 @@ pub struct Drain {
     pub wait_rounds: u64,
     /// The most frequent (wait, statement) pairs of those samples.
     pub waits: Vec<WaitSample>,
+    /// The workers' time in each step of their pipeline, all workers
+    /// together (read from their `/metrics` when the drain ended).
+    pub steps: Vec<crate::system::StepTime>,
 }
 
 /// One process's memory at rest.
@@ -698,6 +701,26 @@ pub fn markdown(r: &Results) -> String {
                 "| {mean:.2} | {} | `{}` |",
                 t.wait,
                 t.query.replace('|', "\\|").replace('`', "'")
+            );
+        }
+        if d.steps.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "\n## Where the workers' time went: drain with {} workers{label}\n\nEach step's time, all workers together, from their `/metrics` when the drain ended. \"share\" is that time over the drain's wall time times the workers: apalis runs a worker's fetches and acks one at a time, and each batcher has two lanes.\n\n| step | calls | total s | mean ms | share |\n|---|---:|---:|---:|---:|",
+            d.workers
+        );
+        #[expect(clippy::cast_precision_loss, reason = "counts")]
+        for st in &d.steps {
+            let _ = writeln!(
+                s,
+                "| `{}` | {} | {:.2} | {:.2} | {:.2} |",
+                st.step,
+                st.calls,
+                st.total_secs,
+                st.total_secs * 1e3 / st.calls.max(1) as f64,
+                st.total_secs / (d.seconds * d.workers.max(1) as f64)
             );
         }
     }

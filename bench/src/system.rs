@@ -17,6 +17,68 @@ use tokio::process::{Child, Command};
 
 use crate::procfs;
 
+/// Time spent in one step of the workers' pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepTime {
+    /// The histogram and its labels, e.g. `txdx_batch_seconds{batcher="outcomes"}`.
+    pub step: String,
+    /// How many times the step ran.
+    pub calls: u64,
+    /// Seconds spent in it, all calls together.
+    pub total_secs: f64,
+}
+
+/// The `*_seconds` histograms of a Prometheus text exposition, from their
+/// `_sum` and `_count` lines.
+fn step_times(text: &str) -> Vec<StepTime> {
+    let mut steps: Vec<StepTime> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l));
+        let (family, is_sum) = if let Some(f) = name.strip_suffix("_seconds_sum") {
+            (f, true)
+        } else if let Some(f) = name.strip_suffix("_seconds_count") {
+            (f, false)
+        } else {
+            continue;
+        };
+        let step = if labels.is_empty() {
+            format!("{family}_seconds")
+        } else {
+            format!("{family}_seconds{{{labels}")
+        };
+        let entry = match steps.iter_mut().position(|s| s.step == step) {
+            Some(i) => &mut steps[i],
+            None => {
+                steps.push(StepTime {
+                    step,
+                    calls: 0,
+                    total_secs: 0.0,
+                });
+                let last = steps.len() - 1;
+                &mut steps[last]
+            }
+        };
+        if is_sum {
+            entry.total_secs = value;
+        } else {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a count"
+            )]
+            let calls = value as u64;
+            entry.calls = calls;
+        }
+    }
+    steps
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -28,6 +90,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     pid: u32,
+    /// A worker's `/metrics` address.
+    metrics_url: Option<String>,
 }
 
 impl Proc {
@@ -156,6 +220,7 @@ impl System {
             name: "api".into(),
             child,
             pid,
+            metrics_url: None,
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -177,12 +242,44 @@ impl System {
             self.worker_serial += 1;
             let name = format!("worker-{}", self.worker_serial);
             let mut cmd = self.command("worker", &name)?;
-            cmd.env("WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port()?));
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            cmd.env("WORKER_METRICS_ADDR", &addr);
             let child = cmd.spawn()?;
             let pid = child.id().context("worker exited at once")?;
-            self.workers.push(Proc { name, child, pid });
+            self.workers.push(Proc {
+                name,
+                child,
+                pid,
+                metrics_url: Some(format!("http://{addr}/metrics")),
+            });
         }
         Ok(())
+    }
+
+    /// The time the running workers spent in each step of their pipeline,
+    /// summed over the workers: every `*_seconds` histogram of theirs,
+    /// read from `/metrics` (cumulative since each worker started). A
+    /// worker that does not answer is left out.
+    pub async fn worker_steps(&self, client: &reqwest::Client) -> Vec<StepTime> {
+        let mut steps: Vec<StepTime> = Vec::new();
+        for url in self.workers.iter().filter_map(|w| w.metrics_url.as_deref()) {
+            let Ok(response) = client.get(url).send().await else {
+                continue;
+            };
+            let Ok(text) = response.text().await else {
+                continue;
+            };
+            for step in step_times(&text) {
+                match steps.iter_mut().find(|s| s.step == step.step) {
+                    Some(sum) => {
+                        sum.calls += step.calls;
+                        sum.total_secs += step.total_secs;
+                    }
+                    None => steps.push(step),
+                }
+            }
+        }
+        steps
     }
 
     /// SIGTERM to every worker; waits for them (graceful drain).
@@ -343,5 +440,37 @@ pub struct ConnectionSampler(tokio::task::JoinHandle<()>);
 impl Drop for ConnectionSampler {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_times_pair_each_histograms_sum_and_count() {
+        let text = "# TYPE txdx_batch_seconds histogram\n\
+txdx_batch_seconds_bucket{batcher=\"outcomes\",le=\"0.005\"} 3\n\
+txdx_batch_seconds_sum{batcher=\"outcomes\"} 1.5\n\
+txdx_batch_seconds_count{batcher=\"outcomes\"} 40\n\
+txdx_worker_queue_seconds_sum{step=\"fetch\"} 0.25\n\
+txdx_worker_queue_seconds_count{step=\"fetch\"} 10\n\
+txdx_batch_size_sum{batcher=\"outcomes\"} 4000\n\
+txdx_worker_actions_started_total 7\n";
+        assert_eq!(
+            step_times(text),
+            vec![
+                StepTime {
+                    step: "txdx_batch_seconds{batcher=\"outcomes\"}".into(),
+                    calls: 40,
+                    total_secs: 1.5,
+                },
+                StepTime {
+                    step: "txdx_worker_queue_seconds{step=\"fetch\"}".into(),
+                    calls: 10,
+                    total_secs: 0.25,
+                },
+            ]
+        );
     }
 }

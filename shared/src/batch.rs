@@ -28,7 +28,8 @@ where
     /// Starts `lanes` tasks (at least one), each serving up to `max_batch`
     /// requests at a time with `run`, which must answer every request of
     /// its batch, in order. The tasks end when the batcher is dropped.
-    /// Batch sizes go to the histogram `txdx_batch_size{batcher = name}`.
+    /// Batch sizes go to the histogram `txdx_batch_size{batcher = name}`,
+    /// the time each batch takes to `txdx_batch_seconds{batcher = name}`.
     pub fn spawn<F, Fut>(name: &'static str, lanes: usize, max_batch: usize, run: F) -> Self
     where
         F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
@@ -65,7 +66,11 @@ where
                         .record(requests.len() as f64);
                     // In a task of its own: a panic fails this batch (its
                     // callers get `None`), never the lane.
-                    let Ok(answers) = tokio::spawn(run(requests)).await else {
+                    let started = std::time::Instant::now();
+                    let ran = tokio::spawn(run(requests)).await;
+                    metrics::histogram!("txdx_batch_seconds", "batcher" => name)
+                        .record(started.elapsed().as_secs_f64());
+                    let Ok(answers) = ran else {
                         tracing::error!("a batch of {} requests panicked", replies.len());
                         continue;
                     };

@@ -131,7 +131,11 @@ async fn handle_check(job: CheckJob, state: Data<Arc<WorkerState>>) -> Result<()
 }
 
 async fn handle(job: ActionJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
-    handler::execute_action(&state, &job).await.map_err(|e| {
+    let started = std::time::Instant::now();
+    let delivered = handler::execute_action(&state, &job).await;
+    // How long a delivery holds its slot: claim, provider call, outcome.
+    metrics::histogram!("txdx_worker_delivery_seconds").record(started.elapsed().as_secs_f64());
+    delivered.map_err(|e| {
         tracing::error!(action.id = %job.action_id, "delivery of action {} failed: {e}", job.action_id);
         Box::new(e) as BoxDynError
     })

@@ -120,6 +120,30 @@ impl ActionFetch {
     }
 }
 
+/// Records how long one of the queue's own steps took, in the histogram
+/// `txdx_worker_queue_seconds{step}`, when dropped. apalis runs a worker's
+/// fetches and acks one at a time, so their sum bounds the worker's pace.
+struct StageTimer {
+    step: &'static str,
+    started: Instant,
+}
+
+impl StageTimer {
+    fn start(step: &'static str) -> Self {
+        Self {
+            step,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for StageTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("txdx_worker_queue_seconds", "step" => self.step)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// Why [`ActionFetch::fetch_and_claim`] failed.
 #[derive(Debug, thiserror::Error)]
 enum QueueError {
@@ -158,6 +182,7 @@ impl Persistence for ActionFetch {
     }
 
     async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<PgTask>, Error> {
+        let _timer = StageTimer::start("fetch");
         match self.fetch_and_claim(worker).await {
             Ok(tasks) => Ok(tasks),
             Err(QueueError::Queue(e)) => Err(e),
@@ -233,6 +258,7 @@ impl Persistence for ActionFetch {
         if acks.is_empty() {
             return Ok(());
         }
+        let _timer = StageTimer::start("ack");
         let mut tx = self.pool.begin().await?;
         queries::handle_results(&mut *tx, &acks, worker.name()).await?;
         tx.commit().await?;
