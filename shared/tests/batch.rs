@@ -365,6 +365,53 @@ async fn without_statistics_a_large_batch_reads_its_tickets_actions_by_key(pool:
 }
 
 #[sqlx::test(migrations = false)]
+async fn with_a_finished_history_analysed_a_backlog_count_reads_its_own_company_only(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let (a, a_fw) = company(&pool, "alpha", json!({})).await;
+    let (b, b_fw) = company(&pool, "beta", json!({})).await;
+    // A long finished history, analysed: the statistics say almost nothing
+    // is PENDING. Then another company queues 5,000 actions no analyse has
+    // seen, and this one 10.
+    seed_one_action_tickets(&pool, a, a_fw, 10_000, "EXECUTED", "SUCCEEDED").await;
+    seed_one_action_tickets(&pool, b, b_fw, 10_000, "EXECUTED", "SUCCEEDED").await;
+    sqlx::query("ANALYZE tickets, ticket_actions")
+        .execute(&pool)
+        .await
+        .unwrap();
+    seed_one_action_tickets(&pool, b, b_fw, 5_000, "PENDING", "PENDING").await;
+    seed_one_action_tickets(&pool, a, a_fw, 10, "PENDING", "PENDING").await;
+    let mut tx = db::begin_tenants(&pool, &[a]).await.unwrap();
+    // Index entries of ticket_actions read by this backend so far.
+    let read = "SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid))::bigint
+                FROM pg_index WHERE indrelid = 'ticket_actions'::regclass";
+    let before: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    let backlogs = db::actions::company_backlogs(&mut tx, &[a]).await.unwrap();
+    let after: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(backlogs.get(&a), Some(&10));
+    // With the partial index of live actions (keyed by integration) the
+    // count read every company's queued actions to find its own: 5,010.
+    assert!(
+        after - before <= 50,
+        "counting 10 queued actions read {} index entries",
+        after - before
+    );
+    // A backlog above the cap stops at the cap.
+    let mut tx = db::begin_tenants(&pool, &[b]).await.unwrap();
+    let before: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    let backlogs = db::actions::company_backlogs(&mut tx, &[b]).await.unwrap();
+    let after: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(backlogs.get(&b), Some(&db::actions::BACKLOG_CAP));
+    assert!(
+        after - before <= db::actions::BACKLOG_CAP + 50,
+        "counting up to {} of 5,000 queued actions read {} index entries",
+        db::actions::BACKLOG_CAP,
+        after - before
+    );
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_claim_reads_each_action_of_its_batch_a_bounded_number_of_times(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
     let (a, a_fw) = company(&pool, "alpha", json!({})).await;
