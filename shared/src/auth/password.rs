@@ -2,7 +2,7 @@
 //! parameters (19 MiB memory, 2 iterations, 1 lane).
 //!
 //! Hashing is CPU-bound (~tens of ms): callers run it off the async
-//! executor (`spawn_blocking`) with bounded concurrency.
+//! executor with bounded concurrency (the api's `hashing` module).
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
