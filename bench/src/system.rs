@@ -28,10 +28,10 @@ pub struct StepTime {
     pub total_secs: f64,
 }
 
-/// The `*_seconds` histograms of a Prometheus text exposition, from their
-/// `_sum` and `_count` lines.
-fn step_times(text: &str) -> Vec<StepTime> {
-    let mut steps: Vec<StepTime> = Vec::new();
+/// Adds the `*_seconds` histograms of a Prometheus text exposition (their
+/// `_sum` and `_count` lines) to `steps`, summing a step several
+/// expositions name.
+fn add_step_times(text: &str, steps: &mut Vec<StepTime>) {
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -65,7 +65,7 @@ fn step_times(text: &str) -> Vec<StepTime> {
             }
         };
         if is_sum {
-            entry.total_secs = value;
+            entry.total_secs += value;
         } else {
             #[expect(
                 clippy::cast_possible_truncation,
@@ -73,10 +73,9 @@ fn step_times(text: &str) -> Vec<StepTime> {
                 reason = "a count"
             )]
             let calls = value as u64;
-            entry.calls = calls;
+            entry.calls += calls;
         }
     }
-    steps
 }
 
 /// A port nobody listens on right now.
@@ -269,15 +268,7 @@ impl System {
             let Ok(text) = response.text().await else {
                 continue;
             };
-            for step in step_times(&text) {
-                match steps.iter_mut().find(|s| s.step == step.step) {
-                    Some(sum) => {
-                        sum.calls += step.calls;
-                        sum.total_secs += step.total_secs;
-                    }
-                    None => steps.push(step),
-                }
-            }
+            add_step_times(&text, &mut steps);
         }
         steps
     }
@@ -457,8 +448,10 @@ txdx_worker_queue_seconds_sum{step=\"fetch\"} 0.25\n\
 txdx_worker_queue_seconds_count{step=\"fetch\"} 10\n\
 txdx_batch_size_sum{batcher=\"outcomes\"} 4000\n\
 txdx_worker_actions_started_total 7\n";
+        let mut steps = Vec::new();
+        add_step_times(text, &mut steps);
         assert_eq!(
-            step_times(text),
+            steps,
             vec![
                 StepTime {
                     step: "txdx_batch_seconds{batcher=\"outcomes\"}".into(),
@@ -472,5 +465,8 @@ txdx_worker_actions_started_total 7\n";
                 },
             ]
         );
+        // A second worker's exposition adds to the same steps.
+        add_step_times(text, &mut steps);
+        assert_eq!((steps[0].calls, steps[0].total_secs), (80, 3.0));
     }
 }
