@@ -1,6 +1,6 @@
 //! The queue-side repository functions against a real Postgres: integration
 //! limits at claim time (concurrency, sliding-window rate, snooze), the queue
-//! depth gauges' query, and the retention sweep.
+//! depth gauges' query, the retention sweep, and the fetch.
 
 #![allow(
     clippy::unwrap_used,
@@ -551,14 +551,19 @@ async fn tickets_actions_and_audit_rows_get_time_ordered_version_7_ids(pool: PgP
     }
 }
 
+/// Registers worker `w` of the action queue, which fetches lock jobs for.
+async fn register_worker(pool: &PgPool) {
+    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers) VALUES ('w', $1, 'pg', '')")
+        .bind(ACTION_QUEUE)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_fetch_takes_due_jobs_of_its_queue_by_priority_then_age_and_locks_them(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
-    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers) VALUES ('w', $1, 'pg', '')")
-        .bind(ACTION_QUEUE)
-        .execute(&pool)
-        .await
-        .unwrap();
+    register_worker(&pool).await;
     for (id, job_type, status, priority, run_at) in [
         ("old-low", ACTION_QUEUE, "Pending", 1, "-30 seconds"),
         ("new-high", ACTION_QUEUE, "Pending", 5, "-1 second"),
@@ -607,4 +612,75 @@ async fn the_fetch_takes_due_jobs_of_its_queue_by_priority_then_age_and_locks_th
         assert_eq!(status == "Queued", fetched, "{id}: {status}");
         assert_eq!(lock_by.as_deref() == Some("w"), fetched, "{id}");
     }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_fetch_reads_due_jobs_only_whatever_is_scheduled_for_later(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    register_worker(&pool).await;
+    // 20,000 jobs scheduled for tomorrow at each of priorities 7 and 0, and
+    // a few due ones between and among them.
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, priority, run_at)
+         SELECT '\\x00'::bytea, 'later-' || p || '-' || n, $1, 'Pending', p,
+                now() + interval '1 day' + n * interval '1 millisecond'
+         FROM unnest(ARRAY[7, 0]) AS p, generate_series(1, 20000) AS n",
+    )
+    .bind(ACTION_QUEUE)
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (id, status, attempts, priority, run_at) in [
+        ("p3-retry", "Failed", 1, 3, "-5 seconds"),
+        ("p3-exhausted", "Failed", 25, 3, "-50 seconds"),
+        ("p0-old", "Pending", 0, 0, "-30 seconds"),
+        ("p0-mid", "Pending", 0, 0, "-20 seconds"),
+        ("p0-new", "Pending", 0, 0, "-10 seconds"),
+    ] {
+        sqlx::query(
+            "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, priority, run_at)
+             VALUES ('\\x00'::bytea, $1, $2, $3, $4, 25, $5, now() + $6::interval)",
+        )
+        .bind(id)
+        .bind(ACTION_QUEUE)
+        .bind(status)
+        .bind(attempts)
+        .bind(priority)
+        .bind(run_at)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("ANALYZE apalis.jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Pages of the fetch's index this backend has read so far.
+    let pages =
+        "SELECT pg_stat_get_xact_blocks_fetched('apalis.idx_apalis_jobs_fetch_partial'::regclass)";
+    let mut fetched = Vec::new();
+    for count in [2, 10, 10] {
+        let mut tx = pool.begin().await.unwrap();
+        let before: i64 = sqlx::query_scalar(pages).fetch_one(&mut *tx).await.unwrap();
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM apalis.get_jobs('w', $1, $2) ORDER BY id")
+                .bind(ACTION_QUEUE)
+                .bind(count)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+        let after: i64 = sqlx::query_scalar(pages).fetch_one(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        // One scan ordered by (priority, run_at) read every scheduled job
+        // of each priority it crossed: 40,000 entries, over 200 pages.
+        assert!(
+            after - before <= 30,
+            "a fetch of {count} read {} pages of the fetch index",
+            after - before
+        );
+        fetched.push(ids);
+    }
+    assert_eq!(fetched[0], ["p0-old", "p3-retry"]);
+    assert_eq!(fetched[1], ["p0-mid", "p0-new"]);
+    assert!(fetched[2].is_empty(), "{fetched:?}");
 }
