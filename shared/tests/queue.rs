@@ -684,3 +684,63 @@ async fn a_fetch_reads_due_jobs_only_whatever_is_scheduled_for_later(pool: PgPoo
     assert_eq!(fetched[1], ["p0-mid", "p0-new"]);
     assert!(fetched[2].is_empty(), "{fetched:?}");
 }
+
+#[sqlx::test(migrations = false)]
+async fn only_jobs_with_an_idempotency_key_enter_its_index_and_duplicates_are_refused(
+    pool: PgPool,
+) {
+    db::migrate(&pool).await.unwrap();
+    let index_pages = "SELECT pg_relation_size('apalis.idx_jobs_idempotency_key') / current_setting('block_size')::bigint";
+    let empty: i64 = sqlx::query_scalar(index_pages)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // 2,000 jobs without a key, fetched and finished: three versions of
+    // each row. An index over every job held 6,000 entries (dozens of
+    // pages); this one holds none of them.
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, run_at)
+         SELECT '\\x00'::bytea, 'unkeyed-' || n, $1, 'Pending', now() - interval '1 minute'
+         FROM generate_series(1, 2000) AS n",
+    )
+    .bind(ACTION_QUEUE)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE apalis.jobs SET status = 'Queued'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let after: i64 = sqlx::query_scalar(index_pages)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(after, empty, "unkeyed jobs grew the idempotency index");
+
+    let keyed = |id: &'static str, job_type: &'static str| {
+        sqlx::query(
+            "INSERT INTO apalis.jobs (job, id, job_type, idempotency_key) VALUES ('\\x00'::bytea, $1, $2, 'once')",
+        )
+        .bind(id)
+        .bind(job_type)
+    };
+    keyed("first", ACTION_QUEUE).execute(&pool).await.unwrap();
+    let err = keyed("again", ACTION_QUEUE)
+        .execute(&pool)
+        .await
+        .expect_err("a second job with the same key in the same queue");
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23505"),
+        "{err}"
+    );
+    // The same key in another queue is another job.
+    keyed("elsewhere", "someone::else")
+        .execute(&pool)
+        .await
+        .unwrap();
+}
