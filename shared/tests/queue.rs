@@ -21,7 +21,7 @@ use shared::{
     },
     jobs::{ACTION_QUEUE, ActionJob},
 };
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool};
 use uuid::Uuid;
 
 const POLICY: ClaimPolicy = ClaimPolicy {
@@ -618,6 +618,17 @@ async fn the_fetch_takes_due_jobs_of_its_queue_by_priority_then_age_and_locks_th
 async fn a_fetch_reads_due_jobs_only_whatever_is_scheduled_for_later(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
     register_worker(&pool).await;
+    // The fetch keeps its plans: make them on an empty table, as a worker
+    // that starts on an idle queue does, then grow the table under them.
+    let mut conn = pool.acquire().await.unwrap();
+    for _ in 0..10 {
+        let none: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.get_jobs('w', $1, 10)")
+            .bind(ACTION_QUEUE)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
     // 20,000 jobs scheduled for tomorrow at each of priorities 7 and 0, and
     // a few due ones between and among them.
     sqlx::query(
@@ -660,7 +671,7 @@ async fn a_fetch_reads_due_jobs_only_whatever_is_scheduled_for_later(pool: PgPoo
         "SELECT pg_stat_get_xact_blocks_fetched('apalis.idx_apalis_jobs_fetch_partial'::regclass)";
     let mut fetched = Vec::new();
     for count in [2, 10, 10] {
-        let mut tx = pool.begin().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
         let before: i64 = sqlx::query_scalar(pages).fetch_one(&mut *tx).await.unwrap();
         let ids: Vec<String> =
             sqlx::query_scalar("SELECT id FROM apalis.get_jobs('w', $1, $2) ORDER BY id")
