@@ -755,3 +755,110 @@ async fn only_jobs_with_an_idempotency_key_enter_its_index_and_duplicates_are_re
         .await
         .unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_ack_writes_the_row_apalis_writes_and_only_for_the_worker_holding_the_job(pool: PgPool) {
+    use std::str::FromStr;
+
+    use apalis::prelude::{Status, TaskId};
+    use apalis_postgres::queries::{ResultPayload, handle_results};
+
+    db::migrate(&pool).await.unwrap();
+    register_worker(&pool).await;
+    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers) VALUES ('other', $1, 'pg', '')")
+        .bind(ACTION_QUEUE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let outcomes = [
+        (Status::Done, 1, Ok(json!({"executed": true}))),
+        (Status::Failed, 2, Err("provider said no".to_string())),
+        (Status::Killed, 25, Err("gave up".to_string())),
+    ];
+    // Each outcome twice: one job acked by apalis-postgres's own query, its
+    // twin by ours. Ids are ULIDs, as apalis gives them.
+    let mut pairs = Vec::new();
+    for (status, attempt, result) in outcomes {
+        let mut twins = Vec::new();
+        for _ in 0..2 {
+            let id = ulid::Ulid::generate().to_string();
+            sqlx::query(
+                "INSERT INTO apalis.jobs (job, id, job_type, status, lock_by, lock_at)
+                 VALUES ('\\x00'::bytea, $1, $2, 'Running', 'w', now())",
+            )
+            .bind(&id)
+            .bind(ACTION_QUEUE)
+            .execute(&pool)
+            .await
+            .unwrap();
+            twins.push(ResultPayload {
+                task_id: TaskId::from_str(&id).unwrap(),
+                attempt,
+                status: status.clone(),
+                result: result.clone(),
+            });
+        }
+        pairs.push(twins);
+    }
+    // A job the worker no longer holds: rescued and taken by another one.
+    let rescued = ulid::Ulid::generate().to_string();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, lock_by, lock_at)
+         VALUES ('\\x00'::bytea, $1, $2, 'Running', 'other', now())",
+    )
+    .bind(&rescued)
+    .bind(ACTION_QUEUE)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let theirs: Vec<&ResultPayload> = pairs.iter().map(|t| &t[0]).collect();
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(handle_results(&mut *conn, &theirs, "w").await.unwrap(), 3);
+    let mut ours: Vec<apalis_queue::JobEnd> = pairs
+        .iter()
+        .map(|t| apalis_queue::JobEnd::of(&t[1]).unwrap())
+        .collect();
+    ours.push(apalis_queue::JobEnd {
+        id: rescued.clone(),
+        attempt: 1,
+        status: "Done".into(),
+        result: json!({"Ok": null}),
+    });
+    assert_eq!(
+        apalis_queue::finish_jobs(&mut conn, &ours, "w")
+            .await
+            .unwrap(),
+        3,
+        "the rescued job is not this worker's to finish"
+    );
+
+    let row = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i32, Option<serde_json::Value>, bool)>(
+                "SELECT status, attempts, last_result, done_at IS NOT NULL FROM apalis.jobs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for twins in &pairs {
+        let apalis_row = row(twins[0].task_id.to_string()).await;
+        let our_row = row(twins[1].task_id.to_string()).await;
+        assert_eq!(our_row, apalis_row);
+        assert_eq!(our_row.0, format!("{:?}", twins[1].status));
+        assert!(our_row.3, "done_at is set");
+    }
+    assert_eq!(
+        row(pairs[1][1].task_id.to_string()).await.2,
+        Some(json!({"Err": "provider said no"}))
+    );
+    assert_eq!(
+        row(rescued).await,
+        ("Running".to_string(), 0, None, false),
+        "untouched"
+    );
+}

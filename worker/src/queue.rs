@@ -11,9 +11,12 @@
 //! ([`claim_batch`](shared::db::actions::claim_batch)); the claims wait in
 //! [`Preclaimed`](crate::queue::Preclaimed) for their deliveries. A job the batch does
 //! not claim (limits, a closed ticket, a finished action) takes the
-//! handler's usual path. Registration, heartbeats, orphan rescue, acks and
-//! re-enqueueing are apalis-postgres's own queries, so its dashboard and
-//! its recovery see exactly what they would with its `PostgresStorage`.
+//! handler's usual path. Registration, heartbeats, orphan rescue and
+//! re-enqueueing are apalis-postgres's own queries; the ack
+//! ([`finish_jobs`](shared::db::apalis_queue::finish_jobs)) writes the row
+//! its `handle_results` writes, by primary key from arrays. So its
+//! dashboard and its recovery see exactly what they would with its
+//! `PostgresStorage`.
 
 use std::{
     collections::HashMap,
@@ -259,8 +262,13 @@ impl Persistence for ActionFetch {
             return Ok(());
         }
         let _timer = StageTimer::start("ack");
+        let ends = acks
+            .iter()
+            .map(|result| db::apalis_queue::JobEnd::of(result))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::JsonError)?;
         let mut tx = self.pool.begin().await?;
-        queries::handle_results(&mut *tx, &acks, worker.name()).await?;
+        db::apalis_queue::finish_jobs(&mut tx, &ends, worker.name()).await?;
         tx.commit().await?;
         Ok(())
     }

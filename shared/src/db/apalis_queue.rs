@@ -178,3 +178,92 @@ pub async fn purge_finished_jobs(
         .await?;
     Ok(Some(purged))
 }
+
+/// The end of one job, as apalis records it in its row: what
+/// [`finish_jobs`] writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEnd {
+    /// The job's id (`apalis.jobs.id`).
+    pub id: String,
+    /// The attempt that ended (`attempts`).
+    pub attempt: i32,
+    /// apalis's status name: `Done`, `Failed` or `Killed`.
+    pub status: String,
+    /// apalis's serialised result, `{"Ok": ..}` or `{"Err": ".."}`
+    /// (`last_result`).
+    pub result: serde_json::Value,
+}
+
+impl JobEnd {
+    /// The end apalis reports for a job, read as apalis-postgres's
+    /// `handle_results` reads it: from the result's JSON form.
+    ///
+    /// # Errors
+    /// A result that does not serialise, or whose attempt count is not a
+    /// 32-bit integer (apalis's statement would refuse it too).
+    pub fn of(result: &apalis_postgres::queries::ResultPayload) -> Result<Self, serde_json::Error> {
+        use serde::de::Error as _;
+        let mut value = serde_json::to_value(result)?;
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let attempt = value
+            .get("attempt")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|a| i32::try_from(a).ok())
+            .ok_or_else(|| serde_json::Error::custom("attempt is not a 32-bit integer"))?;
+        Ok(Self {
+            id: value.get("task_id").map(text).unwrap_or_default(),
+            attempt,
+            status: value.get("status").map(text).unwrap_or_default(),
+            result: value
+                .get_mut("result")
+                .map(serde_json::Value::take)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Records the ends of jobs that `worker_id` holds: status, attempts, last
+/// result and `done_at`, the row apalis-postgres's `handle_results` writes
+/// for the same results. A job another worker holds now (its lock expired
+/// and it was rescued) is left alone. Answers the number of rows written.
+///
+/// apalis-postgres's statement expands its results from one jsonb array and
+/// locks the rows in a CTE ordered by id before updating them; here the
+/// results arrive as arrays, sorted by id so that two acks lock rows in the
+/// same order, and each row is found by its primary key and updated in one
+/// step (a row has one `lock_by`, so no second worker's ack competes for
+/// it).
+///
+/// # Errors
+/// Database failures, as sqlx reports them (the apalis backend that calls
+/// this hands them on in its own error type).
+pub async fn finish_jobs(
+    conn: &mut PgConnection,
+    ends: &[JobEnd],
+    worker_id: &str,
+) -> Result<u64, sqlx::Error> {
+    let mut sorted: Vec<&JobEnd> = ends.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let ids: Vec<&str> = sorted.iter().map(|e| e.id.as_str()).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|e| e.attempt).collect();
+    let statuses: Vec<&str> = sorted.iter().map(|e| e.status.as_str()).collect();
+    let results: Vec<&serde_json::Value> = sorted.iter().map(|e| &e.result).collect();
+    let written = sqlx::query(
+        "UPDATE apalis.jobs AS jobs
+         SET status = e.status, attempts = e.attempt, last_result = e.result, done_at = now()
+         FROM unnest($1::text[], $2::int4[], $3::text[], $4::jsonb[]) AS e(id, attempt, status, result)
+         WHERE jobs.id = e.id AND jobs.lock_by = $5",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&statuses)
+    .bind(&results)
+    .bind(worker_id)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(written)
+}
