@@ -356,7 +356,7 @@ impl DbError {
 
 /// Ticket actions as the worker claims and settles them.
 pub mod actions;
-/// The apalis queue as a whole: depth gauges and retention.
+/// The apalis queue as a whole: depth gauges, retention and the ack.
 pub mod apalis_queue;
 /// The audit log.
 pub mod audit;

@@ -1,6 +1,6 @@
 //! The apalis queue as a whole, across tenants: depth for the worker's
-//! gauges, and the retention sweep that deletes finished job rows (apalis
-//! itself never does).
+//! gauges, the retention sweep that deletes finished job rows (apalis
+//! itself never does), and the ack that records a job's end.
 //!
 //! `apalis.jobs` and `apalis.workers` carry no tenant data beyond ids and
 //! sit outside row-level security; these functions run on the worker's own
@@ -232,8 +232,8 @@ impl JobEnd {
 ///
 /// apalis-postgres's statement expands its results from one jsonb array and
 /// locks the rows in a CTE ordered by id before updating them; here the
-/// results arrive as arrays, sorted by id so that two acks lock rows in the
-/// same order, and each row is found by its primary key and updated in one
+/// results arrive as arrays, sorted by id (a nested loop over them, the plan
+/// for a batch of primary keys, locks in that order), and each row is found by its primary key and updated in one
 /// step (a row has one `lock_by`, so no second worker's ack competes for
 /// it).
 ///
