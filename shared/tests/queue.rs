@@ -551,19 +551,37 @@ async fn tickets_actions_and_audit_rows_get_time_ordered_version_7_ids(pool: PgP
     }
 }
 
-/// Registers worker `w` of the action queue, which fetches lock jobs for.
-async fn register_worker(pool: &PgPool) {
-    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers) VALUES ('w', $1, 'pg', '')")
+/// Registers worker `id` of the action queue, which fetches lock jobs for.
+async fn register_worker(pool: &PgPool, id: &str) {
+    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers) VALUES ($1, $2, 'pg', '')")
+        .bind(id)
         .bind(ACTION_QUEUE)
         .execute(pool)
         .await
         .unwrap();
 }
 
+/// A running job of the action queue held by worker `lock_by`; answers its
+/// id, a ULID as apalis gives them.
+async fn running_job(pool: &PgPool, lock_by: &str) -> String {
+    let id = ulid::Ulid::generate().to_string();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, lock_by, lock_at)
+         VALUES ('\\x00'::bytea, $1, $2, 'Running', $3, now())",
+    )
+    .bind(&id)
+    .bind(ACTION_QUEUE)
+    .bind(lock_by)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_fetch_takes_due_jobs_of_its_queue_by_priority_then_age_and_locks_them(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
-    register_worker(&pool).await;
+    register_worker(&pool, "w").await;
     for (id, job_type, status, priority, run_at) in [
         ("old-low", ACTION_QUEUE, "Pending", 1, "-30 seconds"),
         ("new-high", ACTION_QUEUE, "Pending", 5, "-1 second"),
@@ -617,7 +635,7 @@ async fn the_fetch_takes_due_jobs_of_its_queue_by_priority_then_age_and_locks_th
 #[sqlx::test(migrations = false)]
 async fn a_fetch_reads_due_jobs_only_whatever_is_scheduled_for_later(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
-    register_worker(&pool).await;
+    register_worker(&pool, "w").await;
     // The fetch keeps its plans: make them on an empty table, as a worker
     // that starts on an idle queue does, then grow the table under them.
     let mut conn = pool.acquire().await.unwrap();
@@ -764,33 +782,20 @@ async fn an_ack_writes_the_row_apalis_writes_and_only_for_the_worker_holding_the
     use apalis_postgres::queries::{ResultPayload, handle_results};
 
     db::migrate(&pool).await.unwrap();
-    register_worker(&pool).await;
-    sqlx::query("INSERT INTO apalis.workers (id, worker_type, storage_name, layers) VALUES ('other', $1, 'pg', '')")
-        .bind(ACTION_QUEUE)
-        .execute(&pool)
-        .await
-        .unwrap();
+    register_worker(&pool, "w").await;
+    register_worker(&pool, "other").await;
     let outcomes = [
         (Status::Done, 1, Ok(json!({"executed": true}))),
         (Status::Failed, 2, Err("provider said no".to_string())),
         (Status::Killed, 25, Err("gave up".to_string())),
     ];
     // Each outcome twice: one job acked by apalis-postgres's own query, its
-    // twin by ours. Ids are ULIDs, as apalis gives them.
+    // twin by ours.
     let mut pairs = Vec::new();
     for (status, attempt, result) in outcomes {
         let mut twins = Vec::new();
         for _ in 0..2 {
-            let id = ulid::Ulid::generate().to_string();
-            sqlx::query(
-                "INSERT INTO apalis.jobs (job, id, job_type, status, lock_by, lock_at)
-                 VALUES ('\\x00'::bytea, $1, $2, 'Running', 'w', now())",
-            )
-            .bind(&id)
-            .bind(ACTION_QUEUE)
-            .execute(&pool)
-            .await
-            .unwrap();
+            let id = running_job(&pool, "w").await;
             twins.push(ResultPayload {
                 task_id: TaskId::from_str(&id).unwrap(),
                 attempt,
@@ -801,16 +806,7 @@ async fn an_ack_writes_the_row_apalis_writes_and_only_for_the_worker_holding_the
         pairs.push(twins);
     }
     // A job the worker no longer holds: rescued and taken by another one.
-    let rescued = ulid::Ulid::generate().to_string();
-    sqlx::query(
-        "INSERT INTO apalis.jobs (job, id, job_type, status, lock_by, lock_at)
-         VALUES ('\\x00'::bytea, $1, $2, 'Running', 'other', now())",
-    )
-    .bind(&rescued)
-    .bind(ACTION_QUEUE)
-    .execute(&pool)
-    .await
-    .unwrap();
+    let rescued = running_job(&pool, "other").await;
 
     let theirs: Vec<&ResultPayload> = pairs.iter().map(|t| &t[0]).collect();
     let mut conn = pool.acquire().await.unwrap();
