@@ -14,10 +14,15 @@
 //!    an attempt's failure and never the worker's.
 //! 3. Record (tenant transaction): compare-and-set on (RUNNING, n), the next
 //!    job (retry at its backoff time, or the ticket's next action), the
-//!    ticket's derived status, audit rows.
+//!    ticket's derived status, audit rows; in the batch, also the end of the
+//!    apalis job that delivered the attempt (the row its ack would write), so
+//!    an outcome and its job's end commit together and the ack has nothing
+//!    left to write.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
+use apalis::prelude::{Status, TaskId};
+use apalis_postgres::queries::ResultPayload;
 use chrono::Utc;
 use shared::{
     PgPool,
@@ -25,6 +30,7 @@ use shared::{
     db::{
         self,
         actions::{AttemptOutcome, AttemptStart, ClaimPolicy, Claimed, Outcome, Recorded},
+        apalis_queue::JobEnd,
     },
     domain::{Integration, TicketAction},
     jobs::ActionJob,
@@ -34,6 +40,7 @@ use shared::{
 
 use crate::{
     providers::{ActionCall, Credentials, ProviderError, Providers, serialization_key},
+    queue::Finished,
     retry::Backoff,
 };
 
@@ -55,8 +62,51 @@ pub struct WorkerState {
     pub preclaimed: Arc<crate::queue::Preclaimed>,
     /// Claims of the deliveries running at one moment, made together.
     pub claims: Batcher<ActionJob, Option<Claimed>>,
-    /// Outcomes of the deliveries finishing at one moment, recorded together.
-    pub outcomes: Batcher<AttemptOutcome, Result<Recorded, db::DbError>>,
+    /// Outcomes of the deliveries finishing at one moment, recorded together
+    /// with their jobs' ends.
+    pub outcomes: Batcher<Delivered, Result<Recorded, db::DbError>>,
+    /// Job ends the outcome batch wrote, waiting for apalis's acks.
+    pub finished: Arc<Finished>,
+}
+
+/// The apalis job behind a delivery: the end its ack reports when the
+/// handler returns `Ok` (apalis's `Done`, result `Ok(null)`), and the worker
+/// holding it.
+#[derive(Debug, Clone)]
+pub struct JobDelivery {
+    /// The row apalis's ack of this delivery writes.
+    pub end: JobEnd,
+    /// The apalis worker holding the job (`lock_by`).
+    pub worker: String,
+}
+
+impl JobDelivery {
+    /// The delivery of job `task_id`, at apalis's attempt count `attempt`,
+    /// by `worker`.
+    ///
+    /// # Errors
+    /// An attempt count beyond 32 bits ([`JobEnd::of`]).
+    pub fn new(task_id: TaskId, attempt: usize, worker: &str) -> Result<Self, serde_json::Error> {
+        let end = JobEnd::of(&ResultPayload {
+            task_id,
+            attempt,
+            status: Status::Done,
+            result: Ok(serde_json::Value::Null),
+        })?;
+        Ok(Self {
+            end,
+            worker: worker.to_owned(),
+        })
+    }
+}
+
+/// An outcome to record, with the job that delivered it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The attempt's outcome.
+    pub outcome: AttemptOutcome,
+    /// The job, finished in the outcome's transaction.
+    pub job: JobDelivery,
 }
 
 /// Why a delivery must be handed back to the queue (apalis retries it).
@@ -72,12 +122,16 @@ pub enum DeliveryError {
 /// # Errors
 /// Only infrastructure failures (the database); provider failures are
 /// outcomes recorded on the action.
-pub async fn execute_action(state: &WorkerState, job: &ActionJob) -> Result<(), DeliveryError> {
+pub async fn execute_action(
+    state: &WorkerState,
+    job: &ActionJob,
+    delivery: JobDelivery,
+) -> Result<(), DeliveryError> {
     // The common case was claimed by the fetch that delivered it, or is
     // claimed with the other deliveries of the moment (one transaction);
     // the rest, and any claim the batch could not make, take the
     // one-by-one path, which handles every case.
-    let claimed = match state.preclaimed.take(job.action_id) {
+    let claimed = match state.preclaimed.take(&job.action_id) {
         Some(claimed) => Some(claimed),
         None => state.claims.call(job.clone()).await.flatten(),
     };
@@ -135,9 +189,13 @@ pub async fn execute_action(state: &WorkerState, job: &ActionJob) -> Result<(), 
         attempt,
         outcome,
     };
-    let recorded = match state.outcomes.call(item.clone()).await {
+    let delivered = Delivered {
+        outcome: item,
+        job: delivery,
+    };
+    let recorded = match state.outcomes.call(delivered.clone()).await {
         Some(recorded) => recorded?,
-        None => record_alone(&state.pool, item).await?,
+        None => record_alone(&state.pool, delivered.outcome).await?,
     };
     if recorded == Recorded::Fenced {
         tracing::warn!(action.id = %job.action_id, "outcome of action {} attempt {attempt} dropped: another worker owns it", job.action_id);
@@ -205,31 +263,49 @@ pub async fn claim_jobs(pool: PgPool, jobs: Vec<ActionJob>) -> Vec<Option<Claime
     }
 }
 
-/// The outcome batcher's work: [`db::actions::record_batch`] in one
-/// transaction scoped to the batch's companies. When the batch fails, each
-/// outcome is recorded alone, so one bad item cannot hold back the others.
+/// The outcome batcher's work: [`db::actions::record_batch`], then the
+/// ends of the jobs that delivered the outcomes
+/// ([`db::apalis_queue::finish_jobs`]), in one transaction scoped to the
+/// batch's companies; the ends written go to `finished`, where the acks find
+/// them. When the batch fails, each outcome is recorded alone, so one bad
+/// item cannot hold back the others, and apalis's acks end their jobs.
 pub async fn record_outcomes(
     pool: PgPool,
-    items: Vec<AttemptOutcome>,
+    finished: Arc<Finished>,
+    items: Vec<Delivered>,
 ) -> Vec<Result<Recorded, db::DbError>> {
-    let companies = distinct(items.iter().map(|i| i.action.company_id));
+    let companies = distinct(items.iter().map(|i| i.outcome.action.company_id));
+    let (outcomes, jobs): (Vec<AttemptOutcome>, Vec<JobDelivery>) =
+        items.into_iter().map(|i| (i.outcome, i.job)).unzip();
     let batch = async {
         let mut tx = db::begin_tenants(&pool, &companies).await?;
-        let recorded = db::actions::record_batch(&mut tx, items.clone()).await?;
+        let recorded = db::actions::record_batch(&mut tx, outcomes.clone()).await?;
+        // One statement per apalis worker (a process has one action worker,
+        // renamed only when its loop restarts).
+        let mut by_worker: BTreeMap<&str, Vec<&JobEnd>> = BTreeMap::new();
+        for job in &jobs {
+            by_worker.entry(&job.worker).or_default().push(&job.end);
+        }
+        for (worker, ends) in by_worker {
+            db::apalis_queue::finish_jobs(&mut tx, ends, worker).await?;
+        }
         tx.commit().await?;
         Ok::<_, db::DbError>(recorded)
     }
     .await;
     match batch {
-        Ok(recorded) => recorded.into_iter().map(Ok).collect(),
+        Ok(recorded) => {
+            finished.put(jobs.into_iter().map(|job| (job.end.id.clone(), job.end)));
+            recorded.into_iter().map(Ok).collect()
+        }
         Err(e) => {
             tracing::warn!(
                 "recording a batch of {} outcomes failed ({e}); recording them one by one",
-                items.len()
+                outcomes.len()
             );
-            let mut recorded = Vec::with_capacity(items.len());
-            for item in items {
-                recorded.push(record_alone(&pool, item).await);
+            let mut recorded = Vec::with_capacity(outcomes.len());
+            for outcome in outcomes {
+                recorded.push(record_alone(&pool, outcome).await);
             }
             recorded
         }

@@ -10,7 +10,10 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::{
+    Attempt, BackendExt, BoxDynError, Data, Monitor, TaskId, WorkerBuilder, WorkerBuilderExt,
+    WorkerContext,
+};
 use apalis_postgres::{PostgresStorage, Pubsub};
 use shared::{
     config::Config,
@@ -73,14 +76,17 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
         let pool = pool.clone();
         move |jobs| handler::claim_jobs(pool.clone(), jobs)
     });
-    let outcomes = shared::batch::Batcher::spawn("outcomes", 2, batch_size, {
-        let pool = pool.clone();
-        move |items| handler::record_outcomes(pool.clone(), items)
-    });
     let stale_running_after =
         config.action_timeout + config.queue_heartbeat * config.queue_missed_heartbeats as u32;
+    let finished = Arc::new(queue::Finished::new(stale_running_after));
+    let outcomes = shared::batch::Batcher::spawn("outcomes", 2, batch_size, {
+        let pool = pool.clone();
+        let finished = finished.clone();
+        move |items| handler::record_outcomes(pool.clone(), finished.clone(), items)
+    });
     Ok(Arc::new(WorkerState {
         preclaimed: Arc::new(queue::Preclaimed::new(stale_running_after)),
+        finished,
         claims,
         outcomes,
         pool,
@@ -130,9 +136,16 @@ async fn handle_check(job: CheckJob, state: Data<Arc<WorkerState>>) -> Result<()
     })
 }
 
-async fn handle(job: ActionJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
+async fn handle(
+    job: ActionJob,
+    state: Data<Arc<WorkerState>>,
+    task_id: TaskId,
+    attempt: Attempt,
+    worker: WorkerContext,
+) -> Result<(), BoxDynError> {
     let started = std::time::Instant::now();
-    let delivered = handler::execute_action(&state, &job).await;
+    let delivery = handler::JobDelivery::new(task_id, attempt.current(), worker.name())?;
+    let delivered = handler::execute_action(&state, &job, delivery).await;
     // How long a delivery holds its slot: claim, provider call, outcome.
     metrics::histogram!("txdx_worker_delivery_seconds").record(started.elapsed().as_secs_f64());
     delivered.map_err(|e| {
@@ -200,9 +213,13 @@ pub async fn run(
                 Pubsub::new(pool.clone(), ACTION_QUEUE.to_owned()),
                 poll_interval,
             );
-            let backend =
-                queue::ActionQueue::new(&pool, queue_config.clone(), state.preclaimed.clone())
-                    .poll_with_strategy(wake);
+            let backend = queue::ActionQueue::new(
+                &pool,
+                queue_config.clone(),
+                state.preclaimed.clone(),
+                state.finished.clone(),
+            )
+            .poll_with_strategy(wake);
             WorkerBuilder::new(format!("txdx-{host}-{incarnation}-{restarts}"))
                 .backend(backend)
                 .data(state.clone())

@@ -14,9 +14,12 @@
 //! handler's usual path. Registration, heartbeats, orphan rescue and
 //! re-enqueueing are apalis-postgres's own queries; the ack
 //! ([`finish_jobs`](shared::db::apalis_queue::finish_jobs)) writes the row
-//! its `handle_results` writes, by primary key from arrays. So its
-//! dashboard and its recovery see exactly what they would with its
-//! `PostgresStorage`.
+//! its `handle_results` writes, by primary key from arrays. The outcome
+//! batch writes that same row with its outcomes and leaves it in
+//! [`Finished`](crate::queue::Finished); an ack that would write it again
+//! is skipped, so the worker's loop, which runs fetches and acks one at a
+//! time, spends its time fetching. So apalis's dashboard and its recovery
+//! see exactly what they would with its `PostgresStorage`.
 
 use std::{
     collections::HashMap,
@@ -43,41 +46,50 @@ use uuid::Uuid;
 
 use crate::handler::distinct;
 
-/// Claims made at fetch time, waiting for their deliveries.
-///
-/// A claim is taken once, by the delivery of its action. One whose delivery
-/// never comes (the worker loop died with a fetched batch) is dropped after
-/// `max_age`; its job is redelivered by apalis's orphan rescue and claimed
-/// again, as after a crash.
-pub struct Preclaimed {
-    claims: Mutex<HashMap<Uuid, (Claimed, Instant)>>,
+/// Values handed from one step of a delivery to a later one, each taken
+/// once; a value never taken (the worker loop died before the later step)
+/// is dropped after `max_age`.
+pub struct Handoff<K, V> {
+    entries: Mutex<HashMap<K, (V, Instant)>>,
     max_age: Duration,
 }
 
-impl Preclaimed {
-    /// An empty store whose claims are dropped after `max_age`.
+/// Claims made at fetch time, waiting for their deliveries, by action id.
+///
+/// A claim whose delivery never comes is dropped; its job is redelivered by
+/// apalis's orphan rescue and claimed again, as after a crash.
+pub type Preclaimed = Handoff<Uuid, Claimed>;
+
+/// Job ends written with their outcomes (in the outcome batch's
+/// transaction), waiting for apalis's ack of the same jobs, by job id: an
+/// ack that would write exactly that end again is skipped.
+pub type Finished = Handoff<String, db::apalis_queue::JobEnd>;
+
+impl<K: Eq + std::hash::Hash, V> Handoff<K, V> {
+    /// An empty store whose values are dropped after `max_age`.
     #[must_use]
     pub fn new(max_age: Duration) -> Self {
         Self {
-            claims: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
             max_age,
         }
     }
 
-    /// The claim made for `action_id` at fetch time, if any (taken).
-    pub fn take(&self, action_id: Uuid) -> Option<Claimed> {
-        self.claims
+    /// The value put for `key`, if any (taken).
+    pub fn take(&self, key: &K) -> Option<V> {
+        self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&action_id)
-            .map(|(claimed, _)| claimed)
+            .remove(key)
+            .map(|(value, _)| value)
     }
 
-    fn put(&self, claimed: HashMap<Uuid, Claimed>) {
+    /// Puts `values`, and drops the values older than `max_age`.
+    pub fn put(&self, values: impl IntoIterator<Item = (K, V)>) {
         let now = Instant::now();
-        let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
-        claims.retain(|_, (_, at)| now.duration_since(*at) < self.max_age);
-        claims.extend(claimed.into_iter().map(|(id, c)| (id, (c, now))));
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, (_, at)| now.duration_since(*at) < self.max_age);
+        entries.extend(values.into_iter().map(|(k, v)| (k, (v, now))));
     }
 }
 
@@ -88,6 +100,7 @@ pub struct ActionFetch {
     pool: PgPool,
     config: Config,
     preclaimed: Arc<Preclaimed>,
+    finished: Arc<Finished>,
 }
 
 impl ActionFetch {
@@ -212,7 +225,7 @@ impl Persistence for ActionFetch {
         let claims: Vec<Claimed> = tasks
             .iter()
             .filter_map(|task| serde_json::from_slice::<ActionJob>(&task.args).ok())
-            .filter_map(|job| self.preclaimed.take(job.action_id))
+            .filter_map(|job| self.preclaimed.take(&job.action_id))
             .collect();
         if !claims.is_empty() {
             match self.release(&claims).await {
@@ -261,12 +274,26 @@ impl Persistence for ActionFetch {
         if acks.is_empty() {
             return Ok(());
         }
-        let _timer = StageTimer::start("ack");
-        let ends = acks
+        let mut ends = acks
             .iter()
             .map(|result| db::apalis_queue::JobEnd::of(result))
             .collect::<Result<Vec<_>, _>>()
             .map_err(Error::JsonError)?;
+        // A job whose end was written with its outcome needs no second
+        // write, if this ack says exactly the same.
+        let total = ends.len();
+        ends.retain(|end| self.finished.take(&end.id).as_ref() != Some(end));
+        let written_before = total - ends.len();
+        if written_before > 0 {
+            metrics::counter!("txdx_worker_job_ends_total", "written" => "with_outcome")
+                .increment(written_before as u64);
+        }
+        if ends.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("txdx_worker_job_ends_total", "written" => "by_ack")
+            .increment(ends.len() as u64);
+        let _timer = StageTimer::start("ack");
         let mut tx = self.pool.begin().await?;
         db::apalis_queue::finish_jobs(&mut tx, &ends, worker.name()).await?;
         tx.commit().await?;
@@ -289,14 +316,21 @@ pub struct ActionQueue {
 
 impl ActionQueue {
     /// The queue named in `config`, read through `pool`; claims made at
-    /// fetch time go to `preclaimed`.
+    /// fetch time go to `preclaimed`, and the acks of jobs in `finished`
+    /// are skipped.
     #[must_use]
-    pub fn new(pool: &PgPool, config: Config, preclaimed: Arc<Preclaimed>) -> Self {
+    pub fn new(
+        pool: &PgPool,
+        config: Config,
+        preclaimed: Arc<Preclaimed>,
+        finished: Arc<Finished>,
+    ) -> Self {
         Self {
             persistence: Persisted::new(ActionFetch {
                 pool: pool.clone(),
                 config,
                 preclaimed,
+                finished,
             }),
             codec: JsonCodec::default(),
         }

@@ -240,12 +240,12 @@ impl JobEnd {
 /// # Errors
 /// Database failures, as sqlx reports them (the apalis backend that calls
 /// this hands them on in its own error type).
-pub async fn finish_jobs(
+pub async fn finish_jobs<'a>(
     conn: &mut PgConnection,
-    ends: &[JobEnd],
+    ends: impl IntoIterator<Item = &'a JobEnd>,
     worker_id: &str,
 ) -> Result<u64, sqlx::Error> {
-    let mut sorted: Vec<&JobEnd> = ends.iter().collect();
+    let mut sorted: Vec<&JobEnd> = ends.into_iter().collect();
     sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let ids: Vec<&str> = sorted.iter().map(|e| e.id.as_str()).collect();
     let attempts: Vec<i32> = sorted.iter().map(|e| e.attempt).collect();

@@ -14,6 +14,22 @@ use sqlx::PgPool;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The value of the sample `name` whose label set contains `labels` (all of
+/// them summed when several match), from Prometheus text.
+pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name && rest.contains(labels)
+        })
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// The directory holding the workspace's built binaries; `TXDX_E2E_BIN_DIR`
 /// points elsewhere (a release build, or copies kept safe from a target
 /// directory shared with other checkouts).

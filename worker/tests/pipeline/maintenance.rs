@@ -8,23 +8,7 @@ use serde_json::json;
 use shared::{db::apalis_queue::RETENTION_LOCK_KEY, jobs::ACTION_QUEUE};
 use sqlx::PgPool;
 
-use crate::harness::System;
-
-/// The value of the sample `name` whose label set contains `labels` (all of
-/// them summed when several match), from Prometheus text.
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            metric == name && rest.contains(labels)
-        })
-        .filter_map(|(_, v)| v.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
+use crate::harness::{System, sample};
 
 #[sqlx::test(migrations = false)]
 async fn worker_metrics_show_queue_depth_oldest_wait_and_action_counters(pool: PgPool) {

@@ -1,11 +1,11 @@
 //! The whole path with simulated integrations: queue, secret store, status.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::harness::System;
+use crate::harness::{System, sample};
 
 #[sqlx::test(migrations = false)]
 async fn a_ticket_with_two_actions_goes_pending_to_executed_in_order_with_both_results(
@@ -264,4 +264,87 @@ async fn the_worker_exits_with_one_line_when_the_schema_is_missing_or_the_databa
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("the database is unreachable"), "{stderr}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn each_outcome_commits_with_the_end_of_its_job_and_the_ack_has_nothing_left_to_write(
+    pool: PgPool,
+) {
+    let system = System::start(pool, 1, &[("WORKER_CONCURRENCY", "16")]).await;
+    let token = system.register("Acme").await;
+    let pan = system
+        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 200}}))
+        .await;
+    let tickets = 64;
+    for i in 0..tickets {
+        system
+            .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.9"}}]}))
+            .await;
+    }
+    // While the tickets drain, no finished action's job is still held by
+    // the worker: each outcome commits with its job's end.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut looks = 0;
+    loop {
+        let (held, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ticket_actions a JOIN apalis.jobs j ON j.id = a.job_id
+                     WHERE a.status IN ('SUCCEEDED', 'FAILED', 'DERIVED') AND j.status IN ('Queued', 'Running')),
+                    (SELECT count(*) FROM tickets WHERE status = 'PENDING')",
+        )
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+        looks += 1;
+        assert_eq!(held, 0, "finished actions whose jobs are still held");
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} tickets not drained");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(looks > 10, "the drain was watched {looks} times only");
+    // Every job row holds what apalis's ack writes for a delivery that
+    // returned `Ok(())` at its first attempt, and no ack wrote it again.
+    let rows: Vec<(String, i32, Option<serde_json::Value>, bool)> = sqlx::query_as(
+        "SELECT status, attempts, last_result, done_at IS NOT NULL FROM apalis.jobs WHERE job_type = $1",
+    )
+    .bind(shared::jobs::ACTION_QUEUE)
+    .fetch_all(&system.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), tickets);
+    for row in rows {
+        assert_eq!(
+            row,
+            ("Done".to_string(), 1, Some(json!({"Ok": null})), true)
+        );
+    }
+    // apalis's events for the last deliveries follow their handlers' return.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = system.worker_metrics_text(0).await;
+        let with_outcome = sample(
+            &text,
+            "txdx_worker_job_ends_total",
+            "written=\"with_outcome\"",
+        );
+        if with_outcome == Some(tickets as f64) {
+            assert_eq!(
+                sample(&text, "txdx_worker_job_ends_total", "written=\"by_ack\""),
+                None
+            );
+            assert_eq!(
+                sample(&text, "txdx_worker_queue_seconds_count", "step=\"ack\""),
+                None,
+                "no ack statement ran"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job ends written with their outcomes: {with_outcome:?} of {tickets}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    system.assert_invariants().await;
 }
