@@ -32,7 +32,7 @@ use shared::{
         actions::{AttemptOutcome, AttemptStart, ClaimPolicy, Claimed, Outcome, Recorded},
         apalis_queue::JobEnd,
     },
-    domain::{Integration, TicketAction},
+    domain::{Integration, IntegrationMode, TicketAction},
     jobs::ActionJob,
     providers::IntegrationSettings,
     secrets::{SecretError, SecretStore},
@@ -137,7 +137,10 @@ pub async fn execute_action(
     };
     let (action, integration, attempt) = match claimed {
         Some(claimed) => (claimed.action, claimed.integration, claimed.attempt),
-        None => match claim_alone(state, job).await? {
+        // The one-by-one paths are boxed: a transaction's futures are
+        // kilobytes, and unboxed they made every delivery's future that
+        // large, copied at each move.
+        None => match Box::pin(claim_alone(state, job)).await? {
             Some(claimed) => claimed,
             None => return Ok(()),
         },
@@ -195,7 +198,7 @@ pub async fn execute_action(
     };
     let recorded = match state.outcomes.call(delivered.clone()).await {
         Some(recorded) => recorded?,
-        None => record_alone(&state.pool, delivered.outcome).await?,
+        None => Box::pin(record_alone(&state.pool, delivered.outcome)).await?,
     };
     if recorded == Recorded::Fenced {
         tracing::warn!(action.id = %job.action_id, "outcome of action {} attempt {attempt} dropped: another worker owns it", job.action_id);
@@ -375,6 +378,30 @@ pub async fn load_connection(
     }
 }
 
+/// An action whose edits replace a whole list (Meraki L3 rules): run while
+/// holding the lock on its serialization key, one at a time per key across
+/// every worker process.
+async fn execute_serialized(
+    pool: &PgPool,
+    company_id: uuid::Uuid,
+    key: &str,
+    providers: &Providers,
+    mode: IntegrationMode,
+    call: ActionCall<'_>,
+) -> Result<serde_json::Value, ProviderError> {
+    let database = |e: db::DbError| ProviderError::Transient {
+        message: format!("database: {e}"),
+        retry_after: None,
+    };
+    let mut tx = db::begin_tenant(pool, company_id).await.map_err(database)?;
+    db::lock_serialization_key(&mut tx, key)
+        .await
+        .map_err(database)?;
+    let result = providers.execute(mode, call).await;
+    tx.commit().await.ok();
+    result
+}
+
 /// Reads credentials and calls the provider, isolating panics and hangs.
 async fn run_attempt(
     state: &WorkerState,
@@ -410,24 +437,13 @@ async fn run_attempt(
             credentials: &credentials,
         };
         match serialization_key(&call) {
-            // Edits that replace a whole list (Meraki L3 rules) run one at a
-            // time per key across every worker process.
+            // Boxed, as the one-by-one paths are: its transaction's futures
+            // were 15 KB of every delivery's future.
             Some(key) => {
-                let mut tx = db::begin_tenant(&pool, company_id).await.map_err(|e| {
-                    ProviderError::Transient {
-                        message: format!("database: {e}"),
-                        retry_after: None,
-                    }
-                })?;
-                db::lock_serialization_key(&mut tx, &key)
-                    .await
-                    .map_err(|e| ProviderError::Transient {
-                        message: format!("database: {e}"),
-                        retry_after: None,
-                    })?;
-                let result = providers.execute(mode, call).await;
-                tx.commit().await.ok();
-                result
+                Box::pin(execute_serialized(
+                    &pool, company_id, &key, &providers, mode, call,
+                ))
+                .await
             }
             None => providers.execute(mode, call).await,
         }

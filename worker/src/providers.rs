@@ -173,7 +173,10 @@ impl Providers {
                 }
                 simulated::execute(&call)
             }
-            IntegrationMode::Live => self.execute_live(&call).await,
+            // Boxed: the four providers' HTTP futures together are about
+            // 15 KB, and an unboxed call made every delivery's future that
+            // large, copied at each move (a simulated call included).
+            IntegrationMode::Live => Box::pin(self.execute_live(&call)).await,
         }
     }
 
