@@ -298,7 +298,7 @@ pub async fn record_outcomes(
     .await;
     match batch {
         Ok(recorded) => {
-            finished.put(jobs.into_iter().map(|job| (job.end.id.clone(), job.end)));
+            finished.put(jobs.into_iter().map(|job| (job.end.id, job.end.attempt)));
             recorded.into_iter().map(Ok).collect()
         }
         Err(e) => {

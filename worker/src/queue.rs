@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apalis::prelude::{Backend, WorkerContext};
+use apalis::prelude::{Backend, Status, WorkerContext};
 use apalis_codec::json::JsonCodec;
 use apalis_core::backend::{
     BackendConfig, WireFormatBackend,
@@ -60,10 +60,11 @@ pub struct Handoff<K, V> {
 /// apalis's orphan rescue and claimed again, as after a crash.
 pub type Preclaimed = Handoff<Uuid, Claimed>;
 
-/// Job ends written with their outcomes (in the outcome batch's
-/// transaction), waiting for apalis's ack of the same jobs, by job id: an
-/// ack that would write exactly that end again is skipped.
-pub type Finished = Handoff<String, db::apalis_queue::JobEnd>;
+/// Jobs ended with their outcomes (in the outcome batch's transaction) as
+/// apalis's ack of a handler's `Ok(())` ends them, waiting for that ack: by
+/// job id, apalis's attempt count. An ack that says `Done`, `Ok(null)`, at
+/// that attempt would write the row again and is skipped.
+pub type Finished = Handoff<String, i32>;
 
 impl<K: Eq + std::hash::Hash, V> Handoff<K, V> {
     /// An empty store whose values are dropped after `max_age`.
@@ -274,16 +275,23 @@ impl Persistence for ActionFetch {
         if acks.is_empty() {
             return Ok(());
         }
-        let mut ends = acks
-            .iter()
-            .map(|result| db::apalis_queue::JobEnd::of(result))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::JsonError)?;
         // A job whose end was written with its outcome needs no second
         // write, if this ack says exactly the same.
-        let total = ends.len();
-        ends.retain(|end| self.finished.take(&end.id).as_ref() != Some(end));
-        let written_before = total - ends.len();
+        let mut ends = Vec::with_capacity(acks.len());
+        for result in &acks {
+            let written = self
+                .finished
+                .take(&result.task_id.to_string())
+                .is_some_and(|attempt| {
+                    i32::try_from(result.attempt) == Ok(attempt)
+                        && result.status == Status::Done
+                        && result.result == Ok(Value::Null)
+                });
+            if !written {
+                ends.push(db::apalis_queue::JobEnd::of(result).map_err(Error::JsonError)?);
+            }
+        }
+        let written_before = acks.len() - ends.len();
         if written_before > 0 {
             metrics::counter!("txdx_worker_job_ends_total", "written" => "with_outcome")
                 .increment(written_before as u64);
