@@ -198,6 +198,11 @@ impl Plans {
 /// # Errors
 /// When the setting cannot be applied.
 pub async fn plan(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), DbError> {
+    Ok(set_plans(conn, plans).await?)
+}
+
+/// [`plan`], with sqlx's error, for the queue functions that report it.
+async fn set_plans(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT set_config('plan_cache_mode', $1, true)")
         .bind(plans.setting())
         .execute(conn)

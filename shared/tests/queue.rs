@@ -858,3 +858,72 @@ async fn an_ack_writes_the_row_apalis_writes_and_only_for_the_worker_holding_the
         "untouched"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn job_ends_are_found_by_primary_key_in_a_transaction_that_reuses_plans_after_the_table_grew(
+    pool: PgPool,
+) {
+    db::migrate(&pool).await.unwrap();
+    register_worker(&pool, "w").await;
+    // An analyse would make PostgreSQL plan the statement again; this test
+    // is about a plan that outlives the table's growth.
+    sqlx::query("ALTER TABLE apalis.jobs SET (autovacuum_enabled = false)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let end = |id: String| apalis_queue::JobEnd {
+        id,
+        attempt: 1,
+        status: "Done".into(),
+        result: json!({"Ok": null}),
+    };
+    // One connection, as a worker's outcome batches reuse theirs. Its first
+    // job ends are written while the table holds a few rows, in
+    // transactions that reuse plans, as the outcome batch's does after its
+    // audit insert: enough executions for PostgreSQL to settle on a
+    // generic plan if it may.
+    let mut conn = pool.acquire().await.unwrap();
+    for _ in 0..8 {
+        let id = running_job(&pool, "w").await;
+        let mut tx = conn.begin().await.unwrap();
+        db::plan(&mut tx, db::Plans::Reused).await.unwrap();
+        assert_eq!(
+            apalis_queue::finish_jobs(&mut tx, &[end(id)], "w")
+                .await
+                .unwrap(),
+            1
+        );
+        tx.commit().await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, lock_by, done_at)
+         SELECT '\\x00'::bytea, 'history-' || g, $1, 'Done', 1, 'w', now()
+         FROM generate_series(1, 20000) g",
+    )
+    .bind(ACTION_QUEUE)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let id = running_job(&pool, "w").await;
+    let mut tx = conn.begin().await.unwrap();
+    db::plan(&mut tx, db::Plans::Reused).await.unwrap();
+    // The backend's reads of the table not yet reported, before and after.
+    let reads = "SELECT seq_scan, seq_tup_read, idx_scan FROM pg_stat_xact_user_tables
+                 WHERE schemaname = 'apalis' AND relname = 'jobs'";
+    let before: (i64, i64, i64) = sqlx::query_as(reads).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(
+        apalis_queue::finish_jobs(&mut tx, &[end(id)], "w")
+            .await
+            .unwrap(),
+        1
+    );
+    let after: (i64, i64, i64) = sqlx::query_as(reads).fetch_one(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (0, 0),
+        "the job's row is found by its key, not by reading the 20,000 others"
+    );
+    assert_eq!(after.2 - before.2, 1, "one index scan");
+}

@@ -237,6 +237,15 @@ impl JobEnd {
 /// step (a row has one `lock_by`, so no second worker's ack competes for
 /// it).
 ///
+/// The statement is planned for its parameters whatever plan mode the
+/// transaction is in ([`super::Plans::PerExecution`]). The outcome batch
+/// calls this after its audit insert has switched to reused plans, and a
+/// plan PostgreSQL reuses is made once per connection, for the table as it
+/// was then: made while `apalis.jobs` held a few rows, it read the whole
+/// table through a hash join ever after. Under a steady 300 tickets/s that
+/// was 8 ms and 487 buffers a call, more than a core of PostgreSQL's time
+/// (BENCHMARKS.md).
+///
 /// # Errors
 /// Database failures, as sqlx reports them (the apalis backend that calls
 /// this hands them on in its own error type).
@@ -251,6 +260,7 @@ pub async fn finish_jobs<'a>(
     let attempts: Vec<i32> = sorted.iter().map(|e| e.attempt).collect();
     let statuses: Vec<&str> = sorted.iter().map(|e| e.status.as_str()).collect();
     let results: Vec<&serde_json::Value> = sorted.iter().map(|e| &e.result).collect();
+    super::set_plans(&mut *conn, super::Plans::PerExecution).await?;
     let written = sqlx::query(
         "UPDATE apalis.jobs AS jobs
          SET status = e.status, attempts = e.attempt, last_result = e.result, done_at = now()
