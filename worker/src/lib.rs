@@ -218,8 +218,8 @@ pub async fn run(
                 queue_config.clone(),
                 state.preclaimed.clone(),
                 state.finished.clone(),
-            )
-            .poll_with_strategy(wake);
+                wake,
+            );
             WorkerBuilder::new(format!("txdx-{host}-{incarnation}-{restarts}"))
                 .backend(backend)
                 .data(state.clone())

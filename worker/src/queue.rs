@@ -23,7 +23,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -33,9 +36,9 @@ use apalis_codec::json::JsonCodec;
 use apalis_core::backend::{
     BackendConfig, WireFormatBackend,
     finalize::Durable,
-    persistence::{Persisted, Persistence, TaskEvent, TaskPersistLayer},
+    persistence::{Persisted, Persistence, State, TaskEvent, TaskPersistLayer},
 };
-use apalis_postgres::{Config, Error, PgTask, queries};
+use apalis_postgres::{Config, Error, PgTask, Pubsub, queries};
 use serde_json::Value;
 use shared::{
     PgPool,
@@ -44,7 +47,7 @@ use shared::{
 };
 use uuid::Uuid;
 
-use crate::handler::distinct;
+use crate::{handler::distinct, wake::WakeUp};
 
 /// Values handed from one step of a delivery to a later one, each taken
 /// once; a value never taken (the worker loop died before the later step)
@@ -102,6 +105,9 @@ pub struct ActionFetch {
     config: Config,
     preclaimed: Arc<Preclaimed>,
     finished: Arc<Finished>,
+    /// Whether the last fetch took fewer jobs than it asked for: it took
+    /// every job due then that no other fetch was taking.
+    drained: Arc<AtomicBool>,
 }
 
 impl ActionFetch {
@@ -200,9 +206,9 @@ impl Persistence for ActionFetch {
 
     async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<PgTask>, Error> {
         let _timer = StageTimer::start("fetch");
-        match self.fetch_and_claim(worker).await {
-            Ok(tasks) => Ok(tasks),
-            Err(QueueError::Queue(e)) => Err(e),
+        let tasks = match self.fetch_and_claim(worker).await {
+            Ok(tasks) => tasks,
+            Err(QueueError::Queue(e)) => return Err(e),
             // The claim failed and the fetch rolled back with it: fetch
             // alone; the deliveries claim their jobs themselves.
             Err(e @ QueueError::Claim(_)) => {
@@ -210,9 +216,12 @@ impl Persistence for ActionFetch {
                 let mut tx = self.pool.begin().await?;
                 let tasks = queries::fetch_next(&mut *tx, &self.config, worker).await?;
                 tx.commit().await?;
-                Ok(tasks)
+                tasks
             }
-        }
+        };
+        self.drained
+            .store(tasks.len() < self.config.batch_size, Ordering::Relaxed);
+        Ok(tasks)
     }
 
     async fn reenqueue_abandoned(
@@ -317,30 +326,52 @@ impl Persistence for ActionFetch {
 }
 
 /// The action queue as an apalis backend (see the module documentation).
+///
+/// Once a fetch has taken fewer jobs than it asked for, it has taken every
+/// job then due, and the next fetch waits for a reason to look again: a
+/// notification of a new job or the fallback tick of `wake`. apalis
+/// otherwise fetches whenever it polls a worker's backend: after every
+/// batch, and on every wake of the worker's task, which every finished
+/// delivery and every ack cause. At 150 tickets/s with two workers that
+/// was 4.4 fetches a job, 80 % of the workers' transactions, nearly all of
+/// them empty (BENCHMARKS.md). Every way a job becomes due at once
+/// notifies: apalis's insert trigger, and the wake of a slot waiter
+/// ([`wake_slot_waiters`](shared::db::limits::wake_slot_waiters)); jobs due
+/// later (retries, snoozes, rescued orphans) are found by the tick.
 pub struct ActionQueue {
     persistence: Persisted<ActionFetch>,
     codec: JsonCodec,
+    wake: WakeUp<Pubsub>,
+    drained: Arc<AtomicBool>,
+    woken: bool,
 }
 
 impl ActionQueue {
     /// The queue named in `config`, read through `pool`; claims made at
     /// fetch time go to `preclaimed`, and the acks of jobs in `finished`
-    /// are skipped.
+    /// are skipped. `wake` says when to look again after a fetch that
+    /// drained the queue.
     #[must_use]
     pub fn new(
         pool: &PgPool,
         config: Config,
         preclaimed: Arc<Preclaimed>,
         finished: Arc<Finished>,
+        wake: WakeUp<Pubsub>,
     ) -> Self {
+        let drained = Arc::new(AtomicBool::new(false));
         Self {
             persistence: Persisted::new(ActionFetch {
                 pool: pool.clone(),
                 config,
                 preclaimed,
                 finished,
+                drained: drained.clone(),
             }),
             codec: JsonCodec::default(),
+            wake,
+            drained,
+            woken: false,
         }
     }
 }
@@ -363,7 +394,27 @@ impl Backend for ActionQueue {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Option<Result<PgTask, Error>>> {
-        self.persistence.poll_next(cx, worker)
+        loop {
+            // Polled every time, so both sources of `wake` hold this task's
+            // waker; a wake that comes while a fetch is in flight is kept
+            // for after it.
+            self.woken |= self.wake.poll_wake(cx);
+            if matches!(self.persistence.state(), State::Ready) {
+                if self.drained.load(Ordering::Relaxed) && !self.woken {
+                    return Poll::Pending;
+                }
+                // The fetch about to start is the look the wake asked for.
+                self.woken = false;
+            }
+            let next = self.persistence.poll_next(cx, worker);
+            // Pending with nothing in flight: the fetch came back empty. If
+            // a wake came while it ran, its job may have come too late for
+            // it: look again.
+            if next.is_pending() && matches!(self.persistence.state(), State::Ready) && self.woken {
+                continue;
+            }
+            return next;
+        }
     }
 
     fn poll_close(

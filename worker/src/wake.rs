@@ -39,11 +39,13 @@ impl<S> WakeUp<S> {
     }
 }
 
-impl<S> PollStrategy for WakeUp<S>
+impl<S> WakeUp<S>
 where
     S: Stream + Unpin,
 {
-    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+    /// Whether a notification or a tick came since the last call. Both
+    /// sources are left holding `cx`'s waker.
+    pub fn poll_wake(&mut self, cx: &mut Context<'_>) -> bool {
         let mut woken = false;
         // Drained to Pending, so the next notification wakes the task.
         if let Some(notifications) = self.notifications.as_mut() {
@@ -64,7 +66,16 @@ where
         while self.interval.poll_tick(cx).is_ready() {
             woken = true;
         }
-        if woken {
+        woken
+    }
+}
+
+impl<S> PollStrategy for WakeUp<S>
+where
+    S: Stream + Unpin,
+{
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        if self.poll_wake(cx) {
             Poll::Ready(Some(()))
         } else {
             Poll::Pending

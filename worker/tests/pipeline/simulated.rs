@@ -348,3 +348,71 @@ async fn each_outcome_commits_with_the_end_of_its_job_and_the_ack_has_nothing_le
     }
     system.assert_invariants().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_tick_only(
+    pool: PgPool,
+) {
+    // A tick far apart: every timely pickup below comes from a notification.
+    let system = System::start(pool, 1, &[("QUEUE_POLL_INTERVAL_MS", "5000")]).await;
+    let token = system.register("Acme").await;
+    let pan = system
+        .create_integration(
+            &token,
+            json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 0}}),
+        )
+        .await;
+    let fetches = || async {
+        let text = system.worker_metrics_text(0).await;
+        sample(&text, "txdx_worker_queue_seconds_count", "step=\"fetch\"").unwrap_or(0.0)
+    };
+    // One ticket through, so the worker has settled after its start.
+    let first = system
+        .create_ticket(&token, json!({"subject": "first", "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.9"}}]}))
+        .await;
+    system
+        .wait_terminal(
+            &token,
+            first["id"].as_str().unwrap(),
+            Duration::from_secs(10),
+        )
+        .await;
+    let before = fetches().await;
+    let started = Instant::now();
+    let tickets = 20;
+    for i in 0..tickets {
+        let ticket = system
+            .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.9"}}]}))
+            .await;
+        let done = system
+            .wait_terminal(
+                &token,
+                ticket["id"].as_str().unwrap(),
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(done["status"], "EXECUTED", "{done}");
+        let waited: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM executed_at - created_at)::float8 FROM tickets WHERE id = $1::uuid",
+        )
+        .bind(ticket["id"].as_str().unwrap())
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+        assert!(
+            waited < 2.5,
+            "ticket {i} waited {waited} s: picked up by the tick, not by its notification"
+        );
+    }
+    // Per ticket, the fetch its notification started: it takes the job,
+    // fewer than it asked for, so the queue is drained. Then nothing until
+    // the next notification, however often the worker's task wakes (each
+    // delivery's end and each ack wake it), but for the tick.
+    let ticks = (started.elapsed().as_secs_f64() / 5.0).ceil();
+    let looked = fetches().await - before;
+    assert!(
+        looked <= f64::from(tickets) + ticks + 1.0,
+        "{looked} fetches for {tickets} tickets one at a time"
+    );
+    assert!(looked >= f64::from(tickets), "{looked} fetches");
+}
