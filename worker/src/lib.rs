@@ -37,6 +37,9 @@ pub mod wake;
 
 use handler::WorkerState;
 
+/// How often a worker looks for connection tests (the check queue).
+const CHECK_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Builds the worker state from configuration (pool, secret store, clients).
 ///
 /// # Errors
@@ -232,10 +235,13 @@ pub async fn run(
             let config = check_config.clone();
             let name = format!("txdx-{host_for_checks}-{incarnation_for_checks}-checks");
             move |restarts| {
-                let wake = wake::WakeUp::new(
-                    Pubsub::new(pool.clone(), CHECK_QUEUE.to_owned()),
-                    Duration::from_secs(1),
-                );
+                // A tick alone. A listener wakes its worker's task on every
+                // notification, whatever its queue, before it filters them,
+                // and apalis-postgres fetches on every wake: each new action
+                // job cost every worker process an empty fetch of this queue,
+                // half the `get_jobs` calls at 150 tickets/s (BENCHMARKS.md).
+                // A connection test waits a quarter of a second at most.
+                let wake = wake::WakeUp::every(CHECK_POLL_INTERVAL);
                 let backend = PostgresStorage::<CheckJob>::new(&pool)
                     .with_config(config.clone())
                     .poll_with_strategy(wake);

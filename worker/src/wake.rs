@@ -39,6 +39,13 @@ impl<S> WakeUp<S> {
     }
 }
 
+impl WakeUp<futures::stream::Pending<()>> {
+    /// A tick every `every`, and no notifications.
+    pub fn every(every: Duration) -> Self {
+        Self::new(futures::stream::pending(), every)
+    }
+}
+
 impl<S> WakeUp<S>
 where
     S: Stream + Unpin,
