@@ -332,10 +332,10 @@ impl Persistence for ActionFetch {
 /// notification of a new job or the fallback tick of `wake`. apalis
 /// otherwise fetches whenever it polls a worker's backend: after every
 /// batch, and on every wake of the worker's task, which every finished
-/// delivery and every ack cause. At 150 tickets/s with two workers that
-/// was 4.4 fetches a job, 80 % of the workers' transactions, nearly all of
-/// them empty (BENCHMARKS.md). Every way a job becomes due at once
-/// notifies: apalis's insert trigger, and the wake of a slot waiter
+/// delivery and every ack cause. One worker taking 20 tickets sent one at
+/// a time made 67 fetches; it now makes one a ticket (BENCHMARKS.md).
+/// Every way a job becomes due at once notifies: apalis's insert trigger,
+/// and the wake of a slot waiter
 /// ([`wake_slot_waiters`](shared::db::limits::wake_slot_waiters)); jobs due
 /// later (retries, snoozes, rescued orphans) are found by the tick.
 pub struct ActionQueue {
