@@ -317,6 +317,56 @@ async fn a_batch_sees_exactly_the_companies_it_names_and_only_in_its_tables(pool
     tx.rollback().await.unwrap();
 }
 
+/// A batch names up to one company per job. Its check must cost each row
+/// one hash probe, not a comparison with every named company: `= ANY` over
+/// a list that is not a constant compares in turn (with 1,000 companies
+/// it was PostgreSQL's hottest function in the drain, BENCHMARKS.md).
+#[sqlx::test(migrations = false)]
+async fn a_batch_checks_each_row_against_a_hash_of_the_companies_it_names(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let a = seed_company(&pool, "alpha").await;
+    seed_company(&pool, "bravo").await;
+    let mut named: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+    named.push(a);
+    let mut tx = db::begin_tenants(&pool, &named).await.unwrap();
+    for table in BATCH_SCOPE_TABLES {
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT company_id FROM {table} WHERE company_id = $1"
+        )))
+        .bind(a)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("hashed SubPlan"),
+            "{table}: the batch scope is not a hashed sub-plan:\n{plan}"
+        );
+        assert!(
+            !plan.contains("= ANY"),
+            "{table}: a row is compared with the named companies in turn:\n{plan}"
+        );
+        let seen: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        let alone: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE company_id = $1"
+        )))
+        .bind(a)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert!(alone >= 1, "{table}: the named company's rows are seen");
+        assert_eq!(
+            seen, alone,
+            "{table}: rows of the one real named company only"
+        );
+    }
+    tx.rollback().await.unwrap();
+}
+
 #[sqlx::test(migrations = false)]
 async fn tenant_settings_do_not_leak_to_the_next_user_of_a_pooled_connection(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
@@ -361,13 +411,14 @@ async fn the_login_lookup_sees_exactly_the_named_user(pool: PgPool) {
 async fn every_policy_reads_its_setting_once_per_statement(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
     // A bare `current_setting(..)` in a policy is evaluated for every row
-    // (a batch's list of companies parsed per row); inside a scalar
-    // sub-select it is evaluated once per statement (migration 0027).
+    // (a batch's list of companies parsed per row); inside a sub-select it
+    // is evaluated once per statement: a scalar one (migration 0027) or the
+    // hashed `IN (SELECT unnest(..))` of the batch scope (migration 0030).
     let per_row: Vec<String> = sqlx::query_scalar(
         "SELECT tablename || '.' || policyname FROM pg_policies
          WHERE schemaname = 'public'
-           AND (regexp_replace(coalesce(qual, ''), '\\( SELECT \\(?NULLIF\\(current_setting', '', 'g') LIKE '%current_setting%'
-                OR regexp_replace(coalesce(with_check, ''), '\\( SELECT \\(?NULLIF\\(current_setting', '', 'g') LIKE '%current_setting%')
+           AND (regexp_replace(coalesce(qual, ''), '\\( SELECT (unnest\\()?\\(?NULLIF\\(current_setting', '', 'g') LIKE '%current_setting%'
+                OR regexp_replace(coalesce(with_check, ''), '\\( SELECT (unnest\\()?\\(?NULLIF\\(current_setting', '', 'g') LIKE '%current_setting%')
          ORDER BY 1",
     )
     .fetch_all(&pool)
