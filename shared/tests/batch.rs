@@ -218,7 +218,7 @@ async fn one_batch_records_outcomes_like_the_one_by_one_path(pool: PgPool) {
         item(&fenced, 1, ok()),
     ];
     let mut tx = db::begin_tenants(&pool, &[a, b]).await.unwrap();
-    let recorded = db::actions::record_batch(&mut tx, items).await.unwrap();
+    let recorded = db::actions::record_batch(&mut tx, &items).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         recorded,
@@ -600,7 +600,7 @@ async fn claim_and_record_by_key(pool: &PgPool, company: Uuid, jobs: &[ActionJob
         .unwrap();
     let claimed = db::actions::claim_batch(&mut tx, jobs).await.unwrap();
     assert_eq!(claimed.len(), 8);
-    let items = jobs
+    let items: Vec<AttemptOutcome> = jobs
         .iter()
         .map(|job| {
             let claim = &claimed[&job.action_id];
@@ -611,7 +611,7 @@ async fn claim_and_record_by_key(pool: &PgPool, company: Uuid, jobs: &[ActionJob
             }
         })
         .collect();
-    let recorded = db::actions::record_batch(&mut tx, items).await.unwrap();
+    let recorded = db::actions::record_batch(&mut tx, &items).await.unwrap();
     assert_eq!(recorded.len(), 8);
     let scans: Vec<(String, i64)> = sqlx::query_as(
         "SELECT indexrelid::regclass::text, pg_stat_get_xact_numscans(indexrelid) FROM pg_index

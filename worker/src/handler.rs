@@ -282,7 +282,7 @@ pub async fn record_outcomes(
         items.into_iter().map(|i| (i.outcome, i.job)).unzip();
     let batch = async {
         let mut tx = db::begin_tenants(&pool, &companies).await?;
-        let recorded = db::actions::record_batch(&mut tx, outcomes.clone()).await?;
+        let recorded = db::actions::record_batch(&mut tx, &outcomes).await?;
         // One statement per apalis worker (a process has one action worker,
         // renamed only when its loop restarts).
         let mut by_worker: BTreeMap<&str, Vec<&JobEnd>> = BTreeMap::new();

@@ -6,7 +6,7 @@
 //! PENDING with its attempts unchanged and a new job runs it later, so a
 //! limit never uses up an attempt and never fails an action.
 
-use std::{collections::HashMap, time::Duration};
+use std::{borrow::Cow, collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -278,6 +278,26 @@ fn storable_text(text: String) -> String {
     }
 }
 
+/// `value` as [`storable_json`] makes it, copied only when it holds a NUL.
+fn storable_json_ref(value: &serde_json::Value) -> Cow<'_, serde_json::Value> {
+    fn holds_nul(value: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(holds_nul),
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, item)| key.contains('\0') || holds_nul(item)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+    if holds_nul(value) {
+        Cow::Owned(storable_json(value.clone()))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
 fn storable_json(value: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match value {
@@ -317,7 +337,16 @@ pub async fn record_outcome(
     let outcome = outcome.storable();
     if let Outcome::Succeeded { result } = outcome {
         // The same compare-and-set, chaining and settling as a batch of one.
-        let written = record_successes(conn, &[(0, action.clone(), attempt, result)]).await?;
+        let written = record_successes(
+            conn,
+            &[Success {
+                index: 0,
+                action,
+                attempt,
+                result: Cow::Owned(result),
+            }],
+        )
+        .await?;
         return Ok(match written.get(&action.id) {
             Some(status) => Recorded::Written(*status),
             None => Recorded::Fenced,
@@ -362,8 +391,16 @@ async fn finish_action(
         Outcome::Succeeded { result } => {
             // Reached only with the row locked in (RUNNING, attempt): the
             // set-based path's compare-and-set holds.
-            let written =
-                record_successes(conn, &[(0, action.clone(), attempt, result.clone())]).await?;
+            let written = record_successes(
+                conn,
+                &[Success {
+                    index: 0,
+                    action,
+                    attempt,
+                    result: Cow::Borrowed(result),
+                }],
+            )
+            .await?;
             return Ok(written
                 .get(&action.id)
                 .copied()
@@ -653,25 +690,28 @@ pub struct AttemptOutcome {
 /// of the batch is written).
 pub async fn record_batch(
     conn: &mut PgConnection,
-    items: Vec<AttemptOutcome>,
+    items: &[AttemptOutcome],
 ) -> Result<Vec<Recorded>, DbError> {
     let mut results: Vec<Option<Recorded>> = vec![None; items.len()];
-    let mut successes: Vec<(usize, TicketAction, i32, serde_json::Value)> = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        match item.outcome.storable() {
-            Outcome::Succeeded { result } => {
-                successes.push((index, item.action, item.attempt, result));
-            }
+    let mut successes: Vec<Success<'_>> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match &item.outcome {
+            Outcome::Succeeded { result } => successes.push(Success {
+                index,
+                action: &item.action,
+                attempt: item.attempt,
+                result: storable_json_ref(result),
+            }),
             other => {
                 results[index] =
-                    Some(record_outcome(conn, &item.action, item.attempt, other).await?);
+                    Some(record_outcome(conn, &item.action, item.attempt, other.clone()).await?);
             }
         }
     }
     if !successes.is_empty() {
         let written = record_successes(conn, &successes).await?;
-        for (index, action, _, _) in &successes {
-            results[*index] = Some(match written.get(&action.id) {
+        for success in &successes {
+            results[success.index] = Some(match written.get(&success.action.id) {
                 Some(status) => Recorded::Written(*status),
                 None => Recorded::Fenced,
             });
@@ -683,15 +723,24 @@ pub async fn record_batch(
         .collect())
 }
 
+/// A succeeded attempt for [`record_successes`]: the item at `index` of its
+/// batch, with its result ready to store.
+struct Success<'a> {
+    index: usize,
+    action: &'a TicketAction,
+    attempt: i32,
+    result: Cow<'a, serde_json::Value>,
+}
+
 /// The set-based success path of [`record_batch`]; returns the ticket
 /// status of every action written (absent: fenced).
 async fn record_successes(
     conn: &mut PgConnection,
-    successes: &[(usize, TicketAction, i32, serde_json::Value)],
+    successes: &[Success<'_>],
 ) -> Result<HashMap<Uuid, TicketStatus>, DbError> {
-    let ids: Vec<Uuid> = successes.iter().map(|s| s.1.id).collect();
-    let attempts: Vec<i32> = successes.iter().map(|s| s.2).collect();
-    let payloads: Vec<serde_json::Value> = successes.iter().map(|s| s.3.clone()).collect();
+    let ids: Vec<Uuid> = successes.iter().map(|s| s.action.id).collect();
+    let attempts: Vec<i32> = successes.iter().map(|s| s.attempt).collect();
+    let payloads: Vec<&serde_json::Value> = successes.iter().map(|s| s.result.as_ref()).collect();
     // The batch's updates join their rows by key alone. With a second
     // `a.id = ANY($1)` and statistics that say almost nothing is RUNNING
     // (a long finished history), the planner expected one row from the
@@ -712,8 +761,8 @@ async fn record_successes(
     let written: std::collections::HashSet<Uuid> = written.into_iter().collect();
     let actions: Vec<(&TicketAction, i32)> = successes
         .iter()
-        .filter(|s| written.contains(&s.1.id))
-        .map(|s| (&s.1, s.2))
+        .filter(|s| written.contains(&s.action.id))
+        .map(|s| (s.action, s.attempt))
         .collect();
     if actions.is_empty() {
         return Ok(HashMap::new());
