@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::harness::System;
+use crate::harness::{System, block_ip_ticket};
 
 #[sqlx::test(migrations = false)]
 async fn a_worker_killed_mid_action_loses_nothing_and_the_action_has_one_outcome(pool: PgPool) {
@@ -16,7 +16,7 @@ async fn a_worker_killed_mid_action_loses_nothing_and_the_action_has_one_outcome
         .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow-fw", "settings": {"simulated_latency_ms": 1500}}))
         .await;
     let ticket = system
-        .create_ticket(&token, json!({"subject": "Block", "actions": [{"integration_id": slow, "action": "block_ip", "params": {"ip": "198.51.100.9"}}]}))
+        .create_ticket(&token, block_ip_ticket("Block", &slow, "198.51.100.9"))
         .await;
     let id = ticket["id"].as_str().unwrap().to_owned();
     // Wait until the action is running, then kill -9 the worker.
@@ -86,7 +86,10 @@ async fn four_workers_drain_2000_tickets_of_20_companies_fairly_with_no_action_d
         let integration = integrations[c].clone();
         async move {
             system
-                .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": "198.51.100.1"}}]}))
+                .create_ticket(
+                    &token,
+                    block_ip_ticket(&format!("t{i}"), &integration, "198.51.100.1"),
+                )
                 .await;
         }
     }));
@@ -266,7 +269,10 @@ async fn long_random_worker_kills_over_a_large_backlog_lose_nothing(pool: PgPool
         let (token, integration) = (tokens[c].clone(), integrations[c].clone());
         async move {
             system_ref
-                .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": "198.51.100.1"}}]}))
+                .create_ticket(
+                    &token,
+                    block_ip_ticket(&format!("t{i}"), &integration, "198.51.100.1"),
+                )
                 .await;
         }
     }))

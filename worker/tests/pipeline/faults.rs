@@ -11,7 +11,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use crate::{
     cluster::PrivateCluster,
-    harness::{Options, System},
+    harness::{Options, System, block_ip_ticket},
 };
 
 /// Waits until at least `n` actions of `integration` are RUNNING.
@@ -39,7 +39,10 @@ async fn wait_running(system: &System, integration: &str, n: i64) -> i64 {
 async fn tickets(system: &System, token: &str, integration: &str, n: usize) {
     for i in 0..n {
         system
-            .create_ticket(token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": "198.51.100.5"}}]}))
+            .create_ticket(
+                token,
+                block_ip_ticket(&format!("t{i}"), integration, "198.51.100.5"),
+            )
             .await;
     }
 }
@@ -264,7 +267,7 @@ async fn a_poison_action_that_takes_its_worker_down_is_quarantined_while_its_bat
         .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "quick", "settings": {"simulated_latency_ms": 50}}))
         .await;
     let poisoned = system
-        .create_ticket(&token, json!({"subject": "poison", "actions": [{"integration_id": poison, "action": "block_ip", "params": {"ip": "198.51.100.66"}}]}))
+        .create_ticket(&token, block_ip_ticket("poison", &poison, "198.51.100.66"))
         .await;
     let poisoned = poisoned["id"].as_str().unwrap().to_owned();
     tickets(&system, &token, &quick, 5).await;

@@ -30,6 +30,11 @@ pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// A ticket body with one `block_ip` action of `ip` on `integration`.
+pub fn block_ip_ticket(subject: &str, integration: &str, ip: &str) -> Value {
+    json!({"subject": subject, "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": ip}}]})
+}
+
 /// The directory holding the workspace's built binaries; `TXDX_E2E_BIN_DIR`
 /// points elsewhere (a release build, or copies kept safe from a target
 /// directory shared with other checkouts).
@@ -269,6 +274,29 @@ impl System {
         }
     }
 
+    /// Polls worker `i`'s `/metrics` every 100 ms until `done` holds of its
+    /// text, and answers that text; panics after `timeout`, naming `what`.
+    pub async fn worker_metrics_when(
+        &self,
+        i: usize,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.worker_metrics_text(i).await;
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {i}'s metrics never showed {what} within {timeout:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// One request to the api, recorded in [`System::transcript`]; answers
     /// the status and the body parsed as JSON (`Value::Null` when it is not).
     pub async fn call(
@@ -385,6 +413,14 @@ impl System {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Creates a ticket and waits until it is terminal (see
+    /// [`System::wait_terminal`]); answers the terminal ticket.
+    pub async fn run_ticket(&self, token: &str, body: Value, timeout: Duration) -> Value {
+        let ticket = self.create_ticket(token, body).await;
+        let id = ticket["id"].as_str().expect("a created ticket has an id");
+        self.wait_terminal(token, id, timeout).await
     }
 
     /// Waits until no ticket is PENDING; returns how long that took.

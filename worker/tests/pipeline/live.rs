@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use crate::{
     fakes::{Canned, MERAKI_KEY, MerakiFake, PAN_API_KEY, PanFake},
-    harness::System,
+    harness::{System, block_ip_ticket},
 };
 
 /// A live PAN-OS integration on `pan` with `api_key`.
@@ -27,16 +27,10 @@ async fn live_pan(system: &System, token: &str, pan: &PanFake, api_key: &str) ->
 
 /// One `block_ip` ticket on `integration`; waits for it to end.
 async fn block_and_wait(system: &System, token: &str, integration: &str, ip: &str) -> Value {
-    let ticket = system
-        .create_ticket(
-            token,
-            json!({"subject": format!("Block {ip}"), "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": ip}}]}),
-        )
-        .await;
     system
-        .wait_terminal(
+        .run_ticket(
             token,
-            ticket["id"].as_str().unwrap(),
+            block_ip_ticket(&format!("Block {ip}"), integration, ip),
             Duration::from_secs(45),
         )
         .await
@@ -270,7 +264,10 @@ async fn a_provider_hanging_past_the_action_timeout_is_retried_and_the_worker_st
         .await;
     let started = Instant::now();
     let hung = system
-        .create_ticket(&token, json!({"subject": "hangs", "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": "203.0.113.30"}}]}))
+        .create_ticket(
+            &token,
+            block_ip_ticket("hangs", &integration, "203.0.113.30"),
+        )
         .await;
     // While the provider hangs, the same worker keeps serving other tickets.
     while pan.seen_at("/api/").is_empty() {
@@ -281,12 +278,9 @@ async fn a_provider_hanging_past_the_action_timeout_is_retried_and_the_worker_st
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let other = system
-        .create_ticket(&token, json!({"subject": "meanwhile", "actions": [{"integration_id": simulated, "action": "block_ip", "params": {"ip": "203.0.113.31"}}]}))
-        .await;
-    let other = system
-        .wait_terminal(
+        .run_ticket(
             &token,
-            other["id"].as_str().unwrap(),
+            block_ip_ticket("meanwhile", &simulated, "203.0.113.31"),
             Duration::from_secs(10),
         )
         .await;

@@ -8,7 +8,7 @@ use serde_json::json;
 use shared::{db::apalis_queue::RETENTION_LOCK_KEY, jobs::ACTION_QUEUE};
 use sqlx::PgPool;
 
-use crate::harness::{System, sample};
+use crate::harness::{System, block_ip_ticket, sample};
 
 #[sqlx::test(migrations = false)]
 async fn worker_metrics_show_queue_depth_oldest_wait_and_action_counters(pool: PgPool) {
@@ -27,7 +27,10 @@ async fn worker_metrics_show_queue_depth_oldest_wait_and_action_counters(pool: P
         .await;
     for i in 0..5 {
         system
-            .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": slow, "action": "block_ip", "params": {"ip": "198.51.100.3"}}]}))
+            .create_ticket(
+                &token,
+                block_ip_ticket(&format!("t{i}"), &slow, "198.51.100.3"),
+            )
             .await;
     }
     let started = Instant::now();
@@ -61,33 +64,28 @@ async fn worker_metrics_show_queue_depth_oldest_wait_and_action_counters(pool: P
     assert!(max_running >= 1.0, "running peaked at {max_running}");
     assert!(max_age >= 1.0, "oldest ready age peaked at {max_age}");
     // Drained: the gauges come back to zero at the next refresh.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = system.worker_metrics_text(0).await;
-        let ready = sample(&text, "txdx_worker_queue_jobs", "state=\"ready\"");
-        let running = sample(&text, "txdx_worker_queue_jobs", "state=\"running\"");
-        let age = sample(&text, "txdx_worker_queue_oldest_ready_seconds", "");
-        if (ready, running, age) == (Some(0.0), Some(0.0), Some(0.0)) {
-            // The counters and the histogram kept by the handler are there too.
-            assert_eq!(
-                sample(&text, "txdx_worker_actions_started_total", ""),
-                Some(5.0)
-            );
-            assert_eq!(
-                sample(&text, "txdx_worker_actions_succeeded_total", ""),
-                Some(5.0)
-            );
-            assert_eq!(
-                sample(&text, "txdx_worker_action_duration_seconds_count", ""),
-                Some(5.0)
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gauges not back to zero: ready {ready:?}, running {running:?}, age {age:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = system
+        .worker_metrics_when(
+            0,
+            Duration::from_secs(5),
+            "the queue gauges back to zero",
+            |text| {
+                let gauge = |name, labels| sample(text, name, labels);
+                (
+                    gauge("txdx_worker_queue_jobs", "state=\"ready\""),
+                    gauge("txdx_worker_queue_jobs", "state=\"running\""),
+                    gauge("txdx_worker_queue_oldest_ready_seconds", ""),
+                ) == (Some(0.0), Some(0.0), Some(0.0))
+            },
+        )
+        .await;
+    // The counters and the histogram kept by the handler are there too.
+    for counter in [
+        "txdx_worker_actions_started_total",
+        "txdx_worker_actions_succeeded_total",
+        "txdx_worker_action_duration_seconds_count",
+    ] {
+        assert_eq!(sample(&text, counter, ""), Some(5.0), "{counter}");
     }
     system.assert_invariants().await;
 }
@@ -127,7 +125,10 @@ async fn the_retention_sweep_deletes_finished_jobs_one_process_at_a_time_and_spa
         .await;
     for i in 0..5 {
         system
-            .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": fw, "action": "block_ip", "params": {"ip": "198.51.100.4"}}]}))
+            .create_ticket(
+                &token,
+                block_ip_ticket(&format!("t{i}"), &fw, "198.51.100.4"),
+            )
             .await;
     }
     // A job still to run (far in the future) and another application's

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::harness::{System, sample};
+use crate::harness::{System, block_ip_ticket, sample};
 
 #[sqlx::test(migrations = false)]
 async fn a_ticket_with_two_actions_goes_pending_to_executed_in_order_with_both_results(
@@ -66,7 +66,7 @@ async fn an_action_whose_integration_was_deleted_derives_the_ticket_to_a_human(p
         .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw"}))
         .await;
     let ticket = system
-        .create_ticket(&token, json!({"subject": "Block", "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.1"}}]}))
+        .create_ticket(&token, block_ip_ticket("Block", &pan, "198.51.100.1"))
         .await;
     let r = system
         .client
@@ -105,7 +105,10 @@ async fn sigterm_drains_and_exits_within_the_shutdown_timeout(pool: PgPool) {
         .await;
     for i in 0..20 {
         system
-            .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.1"}}]}))
+            .create_ticket(
+                &token,
+                block_ip_ticket(&format!("t{i}"), &pan, "198.51.100.1"),
+            )
             .await;
     }
     let took = system.terminate_worker(0);
@@ -278,7 +281,10 @@ async fn each_outcome_commits_with_the_end_of_its_job_and_the_ack_has_nothing_le
     let tickets = 64;
     for i in 0..tickets {
         system
-            .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.9"}}]}))
+            .create_ticket(
+                &token,
+                block_ip_ticket(&format!("t{i}"), &pan, "198.51.100.9"),
+            )
             .await;
     }
     // While the tickets drain, no finished action's job is still held by
@@ -320,32 +326,29 @@ async fn each_outcome_commits_with_the_end_of_its_job_and_the_ack_has_nothing_le
         );
     }
     // apalis's events for the last deliveries follow their handlers' return.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = system.worker_metrics_text(0).await;
-        let with_outcome = sample(
-            &text,
-            "txdx_worker_job_ends_total",
-            "written=\"with_outcome\"",
-        );
-        if with_outcome == Some(tickets as f64) {
-            assert_eq!(
-                sample(&text, "txdx_worker_job_ends_total", "written=\"by_ack\""),
-                None
-            );
-            assert_eq!(
-                sample(&text, "txdx_worker_queue_seconds_count", "step=\"ack\""),
-                None,
-                "no ack statement ran"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job ends written with their outcomes: {with_outcome:?} of {tickets}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let text = system
+        .worker_metrics_when(
+            0,
+            Duration::from_secs(5),
+            "every job end written with its outcome",
+            |text| {
+                sample(
+                    text,
+                    "txdx_worker_job_ends_total",
+                    "written=\"with_outcome\"",
+                ) == Some(tickets as f64)
+            },
+        )
+        .await;
+    assert_eq!(
+        sample(&text, "txdx_worker_job_ends_total", "written=\"by_ack\""),
+        None
+    );
+    assert_eq!(
+        sample(&text, "txdx_worker_queue_seconds_count", "step=\"ack\""),
+        None,
+        "no ack statement ran"
+    );
     system.assert_invariants().await;
 }
 
@@ -367,13 +370,10 @@ async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_ti
         sample(&text, "txdx_worker_queue_seconds_count", "step=\"fetch\"").unwrap_or(0.0)
     };
     // One ticket through, so the worker has settled after its start.
-    let first = system
-        .create_ticket(&token, json!({"subject": "first", "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.9"}}]}))
-        .await;
     system
-        .wait_terminal(
+        .run_ticket(
             &token,
-            first["id"].as_str().unwrap(),
+            block_ip_ticket("first", &pan, "198.51.100.9"),
             Duration::from_secs(10),
         )
         .await;
@@ -381,13 +381,10 @@ async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_ti
     let started = Instant::now();
     let tickets = 20;
     for i in 0..tickets {
-        let ticket = system
-            .create_ticket(&token, json!({"subject": format!("t{i}"), "actions": [{"integration_id": pan, "action": "block_ip", "params": {"ip": "198.51.100.9"}}]}))
-            .await;
         let done = system
-            .wait_terminal(
+            .run_ticket(
                 &token,
-                ticket["id"].as_str().unwrap(),
+                block_ip_ticket(&format!("t{i}"), &pan, "198.51.100.9"),
                 Duration::from_secs(10),
             )
             .await;
@@ -395,7 +392,7 @@ async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_ti
         let waited: f64 = sqlx::query_scalar(
             "SELECT extract(epoch FROM executed_at - created_at)::float8 FROM tickets WHERE id = $1::uuid",
         )
-        .bind(ticket["id"].as_str().unwrap())
+        .bind(done["id"].as_str().unwrap())
         .fetch_one(&system.pool)
         .await
         .unwrap();
