@@ -336,19 +336,9 @@ pub async fn record_outcome(
 ) -> Result<Recorded, DbError> {
     let outcome = outcome.storable();
     if let Outcome::Succeeded { result } = outcome {
-        // The same compare-and-set, chaining and settling as a batch of one.
-        let written = record_successes(
-            conn,
-            &[Success {
-                index: 0,
-                action,
-                attempt,
-                result: Cow::Owned(result),
-            }],
-        )
-        .await?;
-        return Ok(match written.get(&action.id) {
-            Some(status) => Recorded::Written(*status),
+        let written = record_success(conn, action, attempt, Cow::Owned(result)).await?;
+        return Ok(match written {
+            Some(status) => Recorded::Written(status),
             None => Recorded::Fenced,
         });
     }
@@ -391,20 +381,8 @@ async fn finish_action(
         Outcome::Succeeded { result } => {
             // Reached only with the row locked in (RUNNING, attempt): the
             // set-based path's compare-and-set holds.
-            let written = record_successes(
-                conn,
-                &[Success {
-                    index: 0,
-                    action,
-                    attempt,
-                    result: Cow::Borrowed(result),
-                }],
-            )
-            .await?;
-            return Ok(written
-                .get(&action.id)
-                .copied()
-                .unwrap_or(TicketStatus::Pending));
+            let written = record_success(conn, action, attempt, Cow::Borrowed(result)).await?;
+            return Ok(written.unwrap_or(TicketStatus::Pending));
         }
         Outcome::Retry { error, retry_at } => {
             sqlx::query("UPDATE ticket_actions SET status = 'PENDING', last_error = $2, next_attempt_at = $3, updated_at = now() WHERE id = $1")
@@ -721,6 +699,24 @@ pub async fn record_batch(
         .into_iter()
         .map(|r| r.unwrap_or(Recorded::Fenced))
         .collect())
+}
+
+/// One success through [`record_successes`]: the same compare-and-set,
+/// chaining and settling as a batch of one. `None`: fenced.
+async fn record_success(
+    conn: &mut PgConnection,
+    action: &TicketAction,
+    attempt: i32,
+    result: Cow<'_, serde_json::Value>,
+) -> Result<Option<TicketStatus>, DbError> {
+    let success = Success {
+        index: 0,
+        action,
+        attempt,
+        result,
+    };
+    let written = record_successes(conn, std::slice::from_ref(&success)).await?;
+    Ok(written.get(&action.id).copied())
 }
 
 /// A succeeded attempt for [`record_successes`]: the item at `index` of its
