@@ -31,12 +31,21 @@ impl Hashing {
         }
     }
 
-    /// One per CPU: more would only queue on the cores.
-    pub fn per_cpu() -> Self {
+    /// One per two CPUs, at least one: a burst of logins keeps at least
+    /// half the machine for everything else. The idle scheduling class
+    /// yields the cores, not the memory: each argon2id hash at OWASP's
+    /// parameters writes 19 MiB (page-faulted in and unmapped again), so
+    /// hashes on every core evicted the caches the other requests ran on.
+    /// Measured on 2 cores (BENCHMARKS.md): with two hashes at once the
+    /// worst `GET /api/tickets` during 50 concurrent logins took 5.4–7.0×
+    /// its time before the burst, with one 2.7–4.5×; the burst's logins
+    /// took 1.0–1.1 s and 1.8–2.0 s.
+    pub fn half_the_cpus() -> Self {
         Self::new(
             std::thread::available_parallelism()
                 .map(usize::from)
-                .unwrap_or(2),
+                .unwrap_or(2)
+                / 2,
         )
     }
 

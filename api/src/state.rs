@@ -48,7 +48,7 @@ impl AppState {
             config,
             secrets,
             metrics,
-            hashing: crate::hashing::Hashing::per_cpu(),
+            hashing: crate::hashing::Hashing::half_the_cpus(),
             operator_auth: crate::board::OperatorAuthCache::default(),
             in_flight,
             tickets,

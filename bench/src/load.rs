@@ -44,7 +44,7 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
 pub const PASSWORD: &str = "correct horse battery staple";
 
 /// Registrations in flight at once: each hashes a password (argon2id, which
-/// the api bounds to one per CPU), so more only queue inside the api and
+/// the api bounds to one per two CPUs), so more only queue inside the api and
 /// run into the client's timeout when a thousand companies are seeded.
 const SEED_CONCURRENCY: usize = 16;
 
