@@ -37,9 +37,9 @@ impl Hashing {
     /// parameters writes 19 MiB (page-faulted in and unmapped again), so
     /// hashes on every core evicted the caches the other requests ran on.
     /// Measured on 2 cores (BENCHMARKS.md): with two hashes at once the
-    /// worst `GET /api/tickets` during 50 concurrent logins took 5.4–7.0×
-    /// its time before the burst, with one 2.7–4.5×; the burst's logins
-    /// took 1.0–1.1 s and 1.8–2.0 s.
+    /// worst `GET /api/tickets` during 50 concurrent logins took 4.3–7.0×
+    /// (median 5.0×) its time before the burst, with one 2.7–4.5× (median
+    /// 3.6×); the burst's logins took 0.9–1.1 s and 1.7–2.0 s.
     pub fn half_the_cpus() -> Self {
         Self::new(
             std::thread::available_parallelism()
