@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::harness::{System, block_ip_ticket};
+use crate::harness::{System, block_ip_ticket, simulated_firewall};
 
 #[sqlx::test(migrations = false)]
 async fn a_worker_killed_mid_action_loses_nothing_and_the_action_has_one_outcome(pool: PgPool) {
     let mut system = System::start(pool, 1, &[]).await;
     let token = system.register("Acme").await;
     let slow = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow-fw", "settings": {"simulated_latency_ms": 1500}}))
+        .create_integration(&token, simulated_firewall("slow-fw", 1500))
         .await;
     let ticket = system
         .create_ticket(&token, block_ip_ticket("Block", &slow, "198.51.100.9"))
@@ -258,7 +258,11 @@ async fn long_random_worker_kills_over_a_large_backlog_lose_nothing(pool: PgPool
     let mut integrations = Vec::new();
     for c in 0..companies {
         let token = system.register(&format!("Long{c:03}")).await;
-        integrations.push(system.create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 200}})).await);
+        integrations.push(
+            system
+                .create_integration(&token, simulated_firewall("fw", 200))
+                .await,
+        );
         tokens.push(token);
     }
     let started = Instant::now();

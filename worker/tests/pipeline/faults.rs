@@ -6,12 +6,11 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::json;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use crate::{
     cluster::PrivateCluster,
-    harness::{Options, System, block_ip_ticket},
+    harness::{Options, System, block_ip_ticket, simulated_firewall},
 };
 
 /// Waits until at least `n` actions of `integration` are RUNNING.
@@ -59,7 +58,7 @@ async fn a_worker_killed_and_restarted_at_once_strands_none_of_its_jobs(pool: Pg
     let mut system = System::start(pool, 1, &[("WORKER_CONCURRENCY", "4")]).await;
     let token = system.register("Acme").await;
     let slow = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 1500}}))
+        .create_integration(&token, simulated_firewall("slow", 1500))
         .await;
     tickets(&system, &token, &slow, 8).await;
     let in_flight = wait_running(&system, &slow, 4).await;
@@ -125,7 +124,7 @@ async fn sigterm_with_actions_in_flight_exits_within_the_shutdown_timeout_and_st
     let mut system = System::start(pool, 1, &[("WORKER_CONCURRENCY", "4")]).await;
     let token = system.register("Acme").await;
     let slow = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 1500}}))
+        .create_integration(&token, simulated_firewall("slow", 1500))
         .await;
     tickets(&system, &token, &slow, 10).await;
     let in_flight = wait_running(&system, &slow, 2).await;
@@ -207,10 +206,10 @@ async fn sigterm_hands_back_jobs_claimed_at_fetch_but_never_run_with_no_attempt_
     let mut system = System::start(pool, 0, &[("WORKER_CONCURRENCY", "2")]).await;
     let token = system.register("Acme").await;
     let quick = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "quick", "settings": {"simulated_latency_ms": 200}}))
+        .create_integration(&token, simulated_firewall("quick", 200))
         .await;
     let slow = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 1500}}))
+        .create_integration(&token, simulated_firewall("slow", 1500))
         .await;
     tickets(&system, &token, &quick, 1).await;
     tickets(&system, &token, &slow, 4).await;
@@ -261,10 +260,10 @@ async fn a_poison_action_that_takes_its_worker_down_is_quarantined_while_its_bat
     let mut system = System::start(pool, 1, &[("ACTION_MAX_ATTEMPTS", "3")]).await;
     let token = system.register("Acme").await;
     let poison = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "poison", "settings": {"simulated_latency_ms": 1500}}))
+        .create_integration(&token, simulated_firewall("poison", 1500))
         .await;
     let quick = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "quick", "settings": {"simulated_latency_ms": 50}}))
+        .create_integration(&token, simulated_firewall("quick", 50))
         .await;
     let poisoned = system
         .create_ticket(&token, block_ip_ticket("poison", &poison, "198.51.100.66"))
@@ -391,7 +390,7 @@ async fn database_outage_mid_load(crash: bool, hold: Duration) {
     .await;
     let token = system.register("Acme").await;
     let fw = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 150}}))
+        .create_integration(&token, simulated_firewall("fw", 150))
         .await;
     tickets(&system, &token, &fw, 30).await;
     // Mid-load: some done, most not.
@@ -505,7 +504,7 @@ async fn jobs_longer_than_the_heartbeat_never_run_on_two_live_workers_when_one_i
     let mut system = System::start(pool, 3, &env).await;
     let token = system.register("Acme").await;
     let slow = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 3000}}))
+        .create_integration(&token, simulated_firewall("slow", 3000))
         .await;
     tickets(&system, &token, &slow, 12).await;
     // Wait until every worker is busy, then kill one.

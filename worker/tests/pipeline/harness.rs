@@ -35,6 +35,12 @@ pub fn block_ip_ticket(subject: &str, integration: &str, ip: &str) -> Value {
     json!({"subject": subject, "actions": [{"integration_id": integration, "action": "block_ip", "params": {"ip": ip}}]})
 }
 
+/// An integration body: a simulated PAN-OS firewall named `name` whose
+/// every call takes `latency_ms`.
+pub fn simulated_firewall(name: &str, latency_ms: u64) -> Value {
+    json!({"provider": "PALO_ALTO", "name": name, "settings": {"simulated_latency_ms": latency_ms}})
+}
+
 /// The directory holding the workspace's built binaries; `TXDX_E2E_BIN_DIR`
 /// points elsewhere (a release build, or copies kept safe from a target
 /// directory shared with other checkouts).

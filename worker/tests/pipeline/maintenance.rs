@@ -8,7 +8,7 @@ use serde_json::json;
 use shared::{db::apalis_queue::RETENTION_LOCK_KEY, jobs::ACTION_QUEUE};
 use sqlx::PgPool;
 
-use crate::harness::{System, block_ip_ticket, sample};
+use crate::harness::{System, block_ip_ticket, sample, simulated_firewall};
 
 #[sqlx::test(migrations = false)]
 async fn worker_metrics_show_queue_depth_oldest_wait_and_action_counters(pool: PgPool) {
@@ -23,7 +23,7 @@ async fn worker_metrics_show_queue_depth_oldest_wait_and_action_counters(pool: P
     .await;
     let token = system.register("Acme").await;
     let slow = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "slow", "settings": {"simulated_latency_ms": 700}}))
+        .create_integration(&token, simulated_firewall("slow", 700))
         .await;
     for i in 0..5 {
         system

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::harness::{System, block_ip_ticket, sample};
+use crate::harness::{System, block_ip_ticket, sample, simulated_firewall};
 
 #[sqlx::test(migrations = false)]
 async fn a_ticket_with_two_actions_goes_pending_to_executed_in_order_with_both_results(
@@ -276,7 +276,7 @@ async fn each_outcome_commits_with_the_end_of_its_job_and_the_ack_has_nothing_le
     let system = System::start(pool, 1, &[("WORKER_CONCURRENCY", "16")]).await;
     let token = system.register("Acme").await;
     let pan = system
-        .create_integration(&token, json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 200}}))
+        .create_integration(&token, simulated_firewall("fw", 200))
         .await;
     let tickets = 64;
     for i in 0..tickets {
@@ -360,10 +360,7 @@ async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_ti
     let system = System::start(pool, 1, &[("QUEUE_POLL_INTERVAL_MS", "5000")]).await;
     let token = system.register("Acme").await;
     let pan = system
-        .create_integration(
-            &token,
-            json!({"provider": "PALO_ALTO", "name": "fw", "settings": {"simulated_latency_ms": 0}}),
-        )
+        .create_integration(&token, simulated_firewall("fw", 0))
         .await;
     let fetches = || async {
         let text = system.worker_metrics_text(0).await;
