@@ -182,6 +182,17 @@ pub enum Plans {
     /// whatever their parameters and the size of their tables: inserts
     /// (with the foreign-key checks they fire) and primary-key lookups.
     Reused,
+    /// One plan per statement and connection (`force_generic_plan`), made
+    /// with sequential and bitmap scans, hash and merge joins off: what is
+    /// left is a nested loop that reaches each row through an index, by the
+    /// key the statement names, and that plan suits a table of any size. So
+    /// a plan made while a table held a few rows never becomes a read of the
+    /// whole table as it grows, and the statement is not planned again at
+    /// each execution. Only for statements that name every row they touch by
+    /// a key: the worker's claim and the statements of its outcome batch
+    /// (BENCHMARKS.md: at 400 tickets/s their planning had cost more than
+    /// their execution).
+    Keyed,
 }
 
 impl Plans {
@@ -189,6 +200,16 @@ impl Plans {
         match self {
             Self::PerExecution => "force_custom_plan",
             Self::Reused => "auto",
+            Self::Keyed => "force_generic_plan",
+        }
+    }
+
+    /// Whether the planner may read tables by sequential or bitmap scans,
+    /// or join by hashing or merging.
+    fn whole_scans(self) -> &'static str {
+        match self {
+            Self::PerExecution | Self::Reused => "on",
+            Self::Keyed => "off",
         }
     }
 }
@@ -203,10 +224,15 @@ pub async fn plan(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), DbE
 
 /// [`plan`], with sqlx's error, for the queue functions that report it.
 async fn set_plans(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('plan_cache_mode', $1, true)")
-        .bind(plans.setting())
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "SELECT set_config('plan_cache_mode', $1, true), set_config('enable_seqscan', $2, true),
+                set_config('enable_bitmapscan', $2, true), set_config('enable_hashjoin', $2, true),
+                set_config('enable_mergejoin', $2, true)",
+    )
+    .bind(plans.setting())
+    .bind(plans.whole_scans())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

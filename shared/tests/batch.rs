@@ -635,3 +635,146 @@ async fn claim_and_record_by_key(pool: &PgPool, company: Uuid, jobs: &[ActionJob
         assert_eq!(status_of(pool, "tickets", job.ticket_id).await, "EXECUTED");
     }
 }
+
+/// Claims and records the success of `jobs` (one-action tickets of
+/// `company`) in one transaction on `conn`, as a worker's fetch and outcome
+/// batch do; returns the sequential scans of the tables they touch and the
+/// entries read from each of their indexes.
+async fn claim_and_record_on(
+    conn: &mut sqlx::PgConnection,
+    company: Uuid,
+    jobs: &[ActionJob],
+) -> (i64, Vec<(String, i64)>) {
+    use sqlx::Connection;
+    let tables = "'tickets'::regclass, 'ticket_actions'::regclass, 'integrations'::regclass, 'apalis.jobs'::regclass";
+    let seq_scans =
+        format!("SELECT sum(pg_stat_get_xact_numscans(t))::bigint FROM unnest(ARRAY[{tables}]) t");
+    let index_reads = format!(
+        "SELECT indexrelid::regclass::text, pg_stat_get_xact_tuples_returned(indexrelid) FROM pg_index
+         WHERE indrelid IN ({tables}) ORDER BY 1"
+    );
+    let mut tx = conn.begin().await.unwrap();
+    db::scope_tenants(&mut tx, &[company]).await.unwrap();
+    let seq_before: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(seq_scans.clone()))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let before: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(index_reads.clone()))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    let claimed = db::actions::claim_batch(&mut tx, jobs).await.unwrap();
+    assert_eq!(claimed.len(), jobs.len());
+    let items: Vec<AttemptOutcome> = jobs
+        .iter()
+        .map(|job| AttemptOutcome {
+            action: claimed[&job.action_id].action.clone(),
+            attempt: claimed[&job.action_id].attempt,
+            outcome: Outcome::Succeeded { result: json!({}) },
+        })
+        .collect();
+    let recorded = db::actions::record_batch(&mut tx, &items).await.unwrap();
+    let seq_after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(seq_scans))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let after: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(index_reads))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        recorded
+            .iter()
+            .all(|r| matches!(r, Recorded::Written(TicketStatus::Executed)))
+    );
+    let reads = before
+        .iter()
+        .zip(&after)
+        .map(|((index, b), (_, a))| (index.clone(), a - b))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    (seq_after - seq_before, reads)
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_outcome_batch_plans_once_per_connection_and_keeps_reaching_its_rows_by_key(
+    pool: PgPool,
+) {
+    db::migrate(&pool).await.unwrap();
+    let (a, a_fw) = company(&pool, "alpha", json!({})).await;
+    // An analyse would make PostgreSQL plan the statements again; this test
+    // is about plans that outlive the tables' growth.
+    for table in [
+        "tickets",
+        "ticket_actions",
+        "integrations",
+        "apalis.jobs",
+        "audit_logs",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    // The first batch of a fresh system: its plans are made while the
+    // tables hold a few rows, and the connection keeps them.
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.extend(ticket(&pool, a, a_fw, 1).await);
+    }
+    claim_and_record_on(&mut conn, a, &first).await;
+    // Then the tables grow, and no analyse tells the planner: a long
+    // finished history, retries and snoozes queued for later, and many
+    // more integrations of the same company.
+    seed_one_action_tickets(&pool, a, a_fw, 20_000, "EXECUTED", "SUCCEEDED").await;
+    sqlx::query(
+        "INSERT INTO integrations (company_id, provider, name)
+         SELECT $1, 'PALO_ALTO', 'fw-' || n FROM generate_series(1, 2000) n",
+    )
+    .bind(a)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, run_at)
+         SELECT '\\x7b7d', 'later-' || n, 'ActionJob', now() + interval '1 day' FROM generate_series(1, 20000) n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut second = Vec::new();
+    for _ in 0..8 {
+        second.extend(ticket(&pool, a, a_fw, 1).await);
+    }
+    let (seq_scans, reads) = claim_and_record_on(&mut conn, a, &second).await;
+    assert_eq!(seq_scans, 0, "a table was read in full: {reads:?}");
+    // Each of the 8 actions, its ticket and its integration are reached by
+    // their keys a few times (lock, claim, the read of the ticket's
+    // actions, the updates, the foreign keys); a plan that walks an index
+    // (of the history, the jobs due later, the company's integrations)
+    // reads thousands.
+    let total: i64 = reads.iter().map(|(_, n)| n).sum();
+    assert!(
+        total <= 8 * 16,
+        "the batch read {total} index entries: {reads:?}"
+    );
+    // And the batch's statements were not planned again.
+    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT left(statement, 40), generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE statement ~ '^(WITH cand|SELECT id, company_id, provider|UPDATE ticket_actions a|UPDATE tickets t|SELECT a.ticket_id|UPDATE apalis.jobs j SET run_at|INSERT INTO audit_logs)'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(plans.len(), 7, "{plans:?}");
+    for (statement, generic, custom) in &plans {
+        assert!(
+            *custom == 0 && *generic == 2,
+            "{statement}: {generic} runs of a kept plan, {custom} planned for their run"
+        );
+    }
+}

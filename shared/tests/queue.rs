@@ -879,9 +879,9 @@ async fn job_ends_are_found_by_primary_key_in_a_transaction_that_reuses_plans_af
     };
     // One connection, as a worker's outcome batches reuse theirs. Its first
     // job ends are written while the table holds a few rows, in
-    // transactions that reuse plans, as the outcome batch's does after its
-    // audit insert: enough executions for PostgreSQL to settle on a
-    // generic plan if it may.
+    // transactions that reuse plans: enough executions for PostgreSQL to
+    // settle on a generic plan if it may (the job ends plan once, by key,
+    // whatever the transaction's mode).
     let mut conn = pool.acquire().await.unwrap();
     for _ in 0..8 {
         let id = running_job(&pool, "w").await;

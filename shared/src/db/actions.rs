@@ -510,7 +510,8 @@ pub struct Claimed {
 /// limits to apply, the integration deleted) is left untouched: pass it to
 /// [`start_attempt`], which handles each case. Call in a transaction from
 /// [`crate::db::begin_tenants`] naming every job's company; commit before
-/// running the providers.
+/// running the providers. The transaction is left planning by key
+/// ([`super::Plans::Keyed`]).
 ///
 /// # Errors
 /// Database failures.
@@ -523,6 +524,8 @@ pub async fn claim_batch(
     }
     let action_ids: Vec<Uuid> = jobs.iter().map(|j| j.action_id).collect();
     let company_ids: Vec<Uuid> = jobs.iter().map(|j| j.company_id).collect();
+    // Both statements reach every row by its key: planned once per connection.
+    super::plan(conn, super::Plans::Keyed).await?;
     let returning = ACTION_COLUMNS
         .split(", ")
         .map(|c| format!("a.{c}"))
@@ -559,7 +562,7 @@ pub async fn claim_batch(
                  WHERE t.id = a.ticket_id AND t.company_id IS NOT DISTINCT FROM r.company_id AND t.status IS NOT DISTINCT FROM 'PENDING'
                  LIMIT 1
              ) t
-             LEFT JOIN integrations i ON i.id = a.integration_id AND i.company_id = r.company_id
+             LEFT JOIN integrations i ON i.id = a.integration_id AND i.company_id IS NOT DISTINCT FROM r.company_id
              WHERE a.integration_id IS NULL OR (
                  i.id IS NOT NULL
                  AND coalesce(i.extra_json -> 'max_concurrency', 'null') IN ('null', '0')
@@ -658,7 +661,8 @@ pub struct AttemptOutcome {
 /// actions (the same compare-and-set on RUNNING and the attempt), one query
 /// for the next actions and one push of their jobs, the slot wake-ups, one
 /// settle of the finished tickets, and last one insert of the audit rows of
-/// both the actions and the tickets, with reused plans ([`super::Plans`]).
+/// both the actions and the tickets, each planned once per connection and
+/// by key ([`super::Plans::Keyed`]; the transaction stays in that mode).
 /// Other outcomes go through [`record_outcome`] one by one in the same
 /// transaction. The results come back in the order of `items`. Call in a
 /// transaction from [`crate::db::begin_tenants`] naming every item's company.
@@ -737,6 +741,9 @@ async fn record_successes(
     let ids: Vec<Uuid> = successes.iter().map(|s| s.action.id).collect();
     let attempts: Vec<i32> = successes.iter().map(|s| s.attempt).collect();
     let payloads: Vec<&serde_json::Value> = successes.iter().map(|s| s.result.as_ref()).collect();
+    // Every statement below reaches its rows by the keys the batch names:
+    // each is planned once per connection, for any batch and table size.
+    super::plan(conn, super::Plans::Keyed).await?;
     // The batch's updates join their rows by key alone. With a second
     // `a.id = ANY($1)` and statistics that say almost nothing is RUNNING
     // (a long finished history), the planner expected one row from the
@@ -835,9 +842,6 @@ async fn record_successes(
         .filter(|r| !continuing.contains(&r.ticket_id))
         .collect();
     let settled = settle_from_rows(conn, &settle, &mut audits).await?;
-    // Only the insert is left: its plan, and those of the foreign-key checks
-    // it fires for every row, are the same for any batch.
-    super::plan(conn, super::Plans::Reused).await?;
     insert_audit_events(conn, audits).await?;
     Ok(actions
         .iter()

@@ -237,14 +237,14 @@ impl JobEnd {
 /// step (a row has one `lock_by`, so no second worker's ack competes for
 /// it).
 ///
-/// The statement is planned for its parameters whatever plan mode the
-/// transaction is in ([`super::Plans::PerExecution`]). The outcome batch
-/// calls this after its audit insert has switched to reused plans, and a
-/// plan PostgreSQL reuses is made once per connection, for the table as it
-/// was then: made while `apalis.jobs` held a few rows, it read the whole
-/// table through a hash join ever after. Under a steady 300 tickets/s that
-/// was 8 ms and 487 buffers a call, more than a core of PostgreSQL's time
-/// (BENCHMARKS.md).
+/// The statement is planned once per connection and by key, whatever plan
+/// mode the transaction is in ([`super::Plans::Keyed`]). A plan PostgreSQL
+/// reuses is made for the table as it was then: with hash joins allowed,
+/// one made while `apalis.jobs` held a few rows read the whole table ever
+/// after (under a steady 300 tickets/s, 8 ms and 487 buffers a call, more
+/// than a core of PostgreSQL's time; BENCHMARKS.md). With only keyed
+/// nested loops left, the kept plan reaches each job by its primary key at
+/// any size.
 ///
 /// # Errors
 /// Database failures, as sqlx reports them (the apalis backend that calls
@@ -260,7 +260,7 @@ pub async fn finish_jobs<'a>(
     let attempts: Vec<i32> = sorted.iter().map(|e| e.attempt).collect();
     let statuses: Vec<&str> = sorted.iter().map(|e| e.status.as_str()).collect();
     let results: Vec<&serde_json::Value> = sorted.iter().map(|e| &e.result).collect();
-    super::set_plans(&mut *conn, super::Plans::PerExecution).await?;
+    super::set_plans(&mut *conn, super::Plans::Keyed).await?;
     let written = sqlx::query(
         "UPDATE apalis.jobs AS jobs
          SET status = e.status, attempts = e.attempt, last_result = e.result, done_at = now()

@@ -221,6 +221,11 @@ pub async fn wake_slot_waiters(
         return Ok(0);
     }
     let (companies, ids): (Vec<Uuid>, Vec<Uuid>) = integrations.iter().copied().unzip();
+    // The jobs are reached by their primary key alone. `status = 'Pending'`
+    // would let the queue's partial fetch index scan every job due later
+    // (`run_at > now()`) instead, a plan that the outcome batch, which plans
+    // this once per connection ([`super::Plans::Keyed`]), would keep as
+    // retries and snoozes pile up.
     let woken: Vec<(String, String)> = sqlx::query_as(
         "UPDATE apalis.jobs j SET run_at = now()
          WHERE j.id = ANY (ARRAY(
@@ -234,7 +239,7 @@ pub async fn wake_slot_waiters(
                  LIMIT 1
              ) w
          ))
-           AND j.status = 'Pending' AND j.run_at > now()
+           AND j.status IS NOT DISTINCT FROM 'Pending' AND j.run_at > now()
          RETURNING j.id, j.job_type",
     )
     .bind(&companies)
