@@ -227,6 +227,11 @@ pub async fn create_tickets(
                 .map(|a| (r.user.company_id, a.integration_id))
         })
         .collect();
+    // Every statement of the batch names its rows by key: the requests'
+    // integrations, each company's backlog through its index, the inserts
+    // and the foreign-key checks they fire, one per row. Each keeps one
+    // plan per connection (BENCHMARKS.md).
+    db::plan(conn, db::Plans::Keyed).await?;
     let integrations: HashMap<(Uuid, Uuid), _> = db::integrations::find_integrations(conn, &keys)
         .await?
         .into_iter()
@@ -281,10 +286,6 @@ pub async fn create_tickets(
     } else {
         backlog_cache.backlogs(conn, &companies).await?
     };
-    // What is left are inserts, whose plans (and those of the foreign-key
-    // checks they fire, one per row) are the same for any batch.
-    db::plan(conn, db::Plans::Reused).await?;
-
     let mut written: HashMap<Uuid, Ticket> = db::tickets::insert_tickets(conn, &tickets)
         .await?
         .into_iter()

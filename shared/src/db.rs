@@ -189,9 +189,9 @@ pub enum Plans {
     /// a plan made while a table held a few rows never becomes a read of the
     /// whole table as it grows, and the statement is not planned again at
     /// each execution. Only for statements that name every row they touch by
-    /// a key: the worker's claim and the statements of its outcome batch
-    /// (BENCHMARKS.md: at 400 tickets/s their planning had cost more than
-    /// their execution).
+    /// a key: the api's ticket writer, the worker's claim and the
+    /// statements of its outcome batch (BENCHMARKS.md: at 400 tickets/s
+    /// their planning had cost more than their execution).
     Keyed,
 }
 
