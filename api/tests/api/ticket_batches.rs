@@ -326,3 +326,66 @@ async fn a_company_backlog_is_counted_at_most_once_a_second_and_raised_by_each_j
     write("t3").await;
     assert_eq!(priority_of("t3").await, 1000 - 7);
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_ticket_batch_is_planned_once_per_connection_as_the_tables_grow(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let a = app.register_company("Alpha").await;
+    let fw = app.create_integration(&a, "PALO_ALTO", "fw").await;
+    // One connection with the api's session settings, so every batch
+    // runs on it and its prepared statements can be read afterwards.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(shared::db::session_options(
+            (*pool.connect_options()).clone(),
+        ))
+        .await
+        .unwrap();
+    let writer = TicketWriter::spawn(one.clone(), Arc::new(test_config(&[])));
+    let write = |subject: &'static str| {
+        let r = request(
+            &a,
+            subject,
+            &[(fw, "block_ip", json!({"ip": "203.0.113.9"}))],
+        );
+        let writer = writer.clone();
+        async move { writer.create(r).await.unwrap() }
+    };
+    write("t1").await;
+    write("t2").await;
+    // The tables grow and no analyse tells the planner: a history of
+    // tickets, and many more integrations of the company.
+    sqlx::query(
+        "WITH t AS (INSERT INTO tickets (company_id, subject, status, executed_at) SELECT $1, 'old', 'EXECUTED', now() FROM generate_series(1, 5000) RETURNING id)
+         INSERT INTO ticket_actions (company_id, ticket_id, position, integration_id, provider, action, status) SELECT $1, t.id, 0, $2, 'PALO_ALTO', 'block_ip', 'SUCCEEDED' FROM t",
+    )
+    .bind(a.company_id)
+    .bind(fw)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO integrations (company_id, provider, name) SELECT $1, 'PALO_ALTO', 'fw-' || n FROM generate_series(1, 2000) n",
+    )
+    .bind(a.company_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    write("t3").await;
+    // The batch's lookup of its integrations and its inserts ran three
+    // times each on one kept plan, and were never planned for a run.
+    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT left(statement, 40), generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE statement ~ '^(SELECT id, company_id, provider.*FROM integrations\\s+WHERE id = ANY|INSERT INTO (tickets|ticket_actions|apalis.jobs|audit_logs) )'",
+    )
+    .fetch_all(&one)
+    .await
+    .unwrap();
+    assert_eq!(plans.len(), 5, "{plans:?}");
+    for (statement, generic, custom) in &plans {
+        assert!(
+            *custom == 0 && *generic == 3,
+            "{statement}: {generic} runs of a kept plan, {custom} planned for their run"
+        );
+    }
+}
