@@ -585,6 +585,23 @@ async fn claim_and_record_live_work_by_key(pool: &PgPool, company: Uuid, integra
     claim_and_record_by_key(pool, company, &first).await;
 }
 
+/// The success of each of `jobs`, at the attempt it was claimed with.
+fn successes(
+    jobs: &[ActionJob],
+    claimed: &std::collections::HashMap<Uuid, db::actions::Claimed>,
+) -> Vec<AttemptOutcome> {
+    jobs.iter()
+        .map(|job| {
+            let claim = &claimed[&job.action_id];
+            AttemptOutcome {
+                action: claim.action.clone(),
+                attempt: claim.attempt,
+                outcome: Outcome::Succeeded { result: json!({}) },
+            }
+        })
+        .collect()
+}
+
 /// Claims `jobs` (one-action tickets of `company`) and records their
 /// success in one batch transaction, then asserts that no index on status
 /// or company was scanned to reach rows the batch names by key, and that
@@ -600,17 +617,7 @@ async fn claim_and_record_by_key(pool: &PgPool, company: Uuid, jobs: &[ActionJob
         .unwrap();
     let claimed = db::actions::claim_batch(&mut tx, jobs).await.unwrap();
     assert_eq!(claimed.len(), 8);
-    let items: Vec<AttemptOutcome> = jobs
-        .iter()
-        .map(|job| {
-            let claim = &claimed[&job.action_id];
-            AttemptOutcome {
-                action: claim.action.clone(),
-                attempt: claim.attempt,
-                outcome: Outcome::Succeeded { result: json!({}) },
-            }
-        })
-        .collect();
+    let items = successes(jobs, &claimed);
     let recorded = db::actions::record_batch(&mut tx, &items).await.unwrap();
     assert_eq!(recorded.len(), 8);
     let scans: Vec<(String, i64)> = sqlx::query_as(
@@ -665,14 +672,7 @@ async fn claim_and_record_on(
         .unwrap();
     let claimed = db::actions::claim_batch(&mut tx, jobs).await.unwrap();
     assert_eq!(claimed.len(), jobs.len());
-    let items: Vec<AttemptOutcome> = jobs
-        .iter()
-        .map(|job| AttemptOutcome {
-            action: claimed[&job.action_id].action.clone(),
-            attempt: claimed[&job.action_id].attempt,
-            outcome: Outcome::Succeeded { result: json!({}) },
-        })
-        .collect();
+    let items = successes(jobs, &claimed);
     let recorded = db::actions::record_batch(&mut tx, &items).await.unwrap();
     let seq_after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(seq_scans))
         .fetch_one(&mut *tx)

@@ -43,6 +43,22 @@ fn request(
     }
 }
 
+/// Writes one ticket of `session`'s company that blocks an address on
+/// `integration`, through `writer`.
+async fn block_ip(
+    writer: &TicketWriter,
+    session: &Session,
+    integration: Uuid,
+    subject: &str,
+) -> txdx_api::ticket_writer::Created {
+    let r = request(
+        session,
+        subject,
+        &[(integration, "block_ip", json!({"ip": "203.0.113.9"}))],
+    );
+    writer.create(r).await.unwrap()
+}
+
 /// Sends every request before the writers run (the test runtime has one
 /// thread), so the first writer takes them all as one batch.
 async fn write_together(
@@ -284,15 +300,7 @@ async fn a_company_backlog_is_counted_at_most_once_a_second_and_raised_by_each_j
     let a = app.register_company("Alpha").await;
     let fw = app.create_integration(&a, "PALO_ALTO", "fw").await;
     let writer = TicketWriter::spawn(pool.clone(), Arc::new(test_config(&[])));
-    let write = |subject: &'static str| {
-        let r = request(
-            &a,
-            subject,
-            &[(fw, "block_ip", json!({"ip": "203.0.113.9"}))],
-        );
-        let writer = writer.clone();
-        async move { writer.create(r).await.unwrap() }
-    };
+    let write = |subject: &'static str| block_ip(&writer, &a, fw, subject);
     let priority_of = |subject: &'static str| {
         let pool = pool.clone();
         async move {
@@ -342,15 +350,7 @@ async fn a_ticket_batch_is_planned_once_per_connection_as_the_tables_grow(pool: 
         .await
         .unwrap();
     let writer = TicketWriter::spawn(one.clone(), Arc::new(test_config(&[])));
-    let write = |subject: &'static str| {
-        let r = request(
-            &a,
-            subject,
-            &[(fw, "block_ip", json!({"ip": "203.0.113.9"}))],
-        );
-        let writer = writer.clone();
-        async move { writer.create(r).await.unwrap() }
-    };
+    let write = |subject: &'static str| block_ip(&writer, &a, fw, subject);
     write("t1").await;
     write("t2").await;
     // The tables grow and no analyse tells the planner: a history of
