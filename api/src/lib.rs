@@ -35,6 +35,8 @@ pub mod openapi;
 pub mod pagination;
 /// Handlers, one module per resource.
 pub mod routes;
+/// Serving the router over TCP, with header deadlines and a graceful stop.
+pub mod serve;
 /// Handler state.
 pub mod state;
 /// Ticket creation and its group commit.

@@ -128,13 +128,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on API_ADDR={}", config.api_addr))?;
     tracing::info!("api listening on http://{}", config.api_addr);
+    let keep_alive = config.api_keep_alive_timeout;
     let state = txdx_api::state::AppState::new(pool, Arc::new(config), secrets, metrics);
-    axum::serve(
+    txdx_api::serve::serve(
         listener,
-        txdx_api::build_app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        txdx_api::build_app(state),
+        keep_alive,
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    .await;
     tracing::info!("api stopped");
     Ok(())
 }

@@ -123,6 +123,13 @@ pub struct Config {
     /// overload turns into fast refusals with bounded memory rather than a
     /// queue that grows without limit.
     pub api_max_in_flight: usize,
+    /// `API_KEEP_ALIVE_TIMEOUT_SECS` (default 30): how long an HTTP/1
+    /// connection may take to send its next complete request header, from
+    /// its opening or its previous response. An idle keep-alive connection,
+    /// or a client that sends nothing or its header a byte at a time, is
+    /// closed after it. Behind a load balancer, set it above the balancer's
+    /// own idle timeout.
+    pub api_keep_alive_timeout: Duration,
     /// `WORKER_CONCURRENCY` (default 256): actions one worker process runs
     /// at once; also its fetch batch and the largest group commit.
     pub worker_concurrency: usize,
@@ -279,6 +286,13 @@ impl Config {
                 reason: "must be between 1 and 65536".into(),
             });
         }
+        let api_keep_alive_secs = env.parse("API_KEEP_ALIVE_TIMEOUT_SECS", 30u64)?;
+        if !(1..=3600).contains(&api_keep_alive_secs) {
+            return Err(ConfigError::Invalid {
+                var: "API_KEEP_ALIVE_TIMEOUT_SECS",
+                reason: "must be between 1 and 3600".into(),
+            });
+        }
         let action_max_attempts = env.parse("ACTION_MAX_ATTEMPTS", 5i32)?;
         if !(1..=100).contains(&action_max_attempts) {
             return Err(ConfigError::Invalid {
@@ -316,6 +330,7 @@ impl Config {
                 .unwrap_or_else(|| ".data/local-secret.key".into()),
             secret_cache_ttl: Duration::from_secs(env.parse("SECRET_CACHE_TTL_SECS", 300u64)?),
             api_max_in_flight,
+            api_keep_alive_timeout: Duration::from_secs(api_keep_alive_secs),
             worker_concurrency,
             worker_metrics_addr: env.parse(
                 "WORKER_METRICS_ADDR",
@@ -403,6 +418,7 @@ mod tests {
         assert_eq!(config.api_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.worker_concurrency, 256);
         assert_eq!(config.api_max_in_flight, 256);
+        assert_eq!(config.api_keep_alive_timeout, Duration::from_secs(30));
         assert!(config.azure.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(config.job_retention, Duration::from_secs(7 * 24 * 3600));

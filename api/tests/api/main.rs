@@ -12,6 +12,7 @@ mod auth;
 mod bad_input;
 mod board;
 mod companies;
+mod connections;
 mod cors;
 mod health;
 mod integrations;

@@ -14,6 +14,10 @@ pub struct TestApp {
     pub address: String,
     pub pool: PgPool,
     pub client: reqwest::Client,
+    /// The serving task: it ends once a stop has been asked for and every
+    /// request in progress has been answered.
+    pub served: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -53,23 +57,34 @@ impl TestApp {
     pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> Self {
         shared::db::migrate(&pool).await.unwrap();
         let config = Arc::new(test_config(extra));
+        let keep_alive = config.api_keep_alive_timeout;
         let secrets = shared::secrets::from_config(&config, &pool).unwrap();
         let state = txdx_api::state::AppState::new(pool.clone(), config, secrets, metrics_handle());
         let app = txdx_api::build_app(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(txdx_api::serve::serve(
+            listener,
+            app,
+            keep_alive,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             address,
             pool,
             client: reqwest::Client::new(),
+            served,
+            stop: Some(stop),
+        }
+    }
+
+    /// Asks the server to stop, as the api's SIGTERM handler does.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 
