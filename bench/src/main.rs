@@ -137,7 +137,9 @@ struct Cli {
     /// Offered rate of the `GET /api/tickets` stream around the login burst.
     #[arg(long, default_value_t = 50.0)]
     burst_get_rate: f64,
-    /// Seconds at rest before the idle memory is read.
+    /// Seconds at rest before the idle memory is read (default 45: past the
+    /// api's 30 s keep-alive timeout, which closes the load generator's
+    /// pooled connections, and the allocator's 10 s decay).
     #[arg(long)]
     idle_secs: Option<f64>,
     /// Extra `KEY=VALUE` environment for the api and the workers.
@@ -228,7 +230,7 @@ impl Plan {
                 .unwrap_or(if smoke { 200 } else { 50_000 }),
             login_burst: cli.login_burst.unwrap_or(50),
             burst_lead: secs(None, 10.0, 2.0),
-            idle: secs(cli.idle_secs, 5.0, 2.0),
+            idle: secs(cli.idle_secs, 45.0, 2.0),
         }
     }
 }
