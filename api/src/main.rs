@@ -7,15 +7,6 @@ use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shared::config::Config;
 
-/// jemalloc with background threads, which return the memory freed after a
-/// burst of requests and connections to the system within its decay time
-/// (10 s). glibc's heap kept it: after 1,200 requests/s and the clients'
-/// connections closed, the api stayed at 38 MiB resident with glibc and came
-/// down to 26 MiB with this (BENCHMARKS.md).
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[derive(Parser)]
 #[command(name = "api", version, about = "TxDx REST API")]
 struct Cli {
@@ -166,22 +157,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = terminate => {} }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    /// The allocator's background threads run (they purge freed memory);
-    /// without the `background_threads` feature there would be none.
-    #[test]
-    fn the_allocator_purges_in_the_background() {
-        let _warm = vec![0u8; 1 << 20];
-        let threads = std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-            .filter(|name| name.trim() == "jemalloc_bg_thd")
-            .count();
-        assert!(threads >= 1, "no jemalloc background thread");
-    }
 }

@@ -139,7 +139,7 @@ struct Cli {
     burst_get_rate: f64,
     /// Seconds at rest before the idle memory is read (default 45: past the
     /// api's 30 s keep-alive timeout, which closes the load generator's
-    /// pooled connections, and the allocator's 10 s decay).
+    /// pooled connections).
     #[arg(long)]
     idle_secs: Option<f64>,
     /// Extra `KEY=VALUE` environment for the api and the workers.
