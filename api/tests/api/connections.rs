@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use sqlx::PgPool;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -77,12 +76,7 @@ async fn a_request_slower_than_the_timeout_is_answered_in_full(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), KEEP_ALIVE).await;
     let admin = app.register_company("Acme").await;
     let lock = app.hold_company_row(admin.company_id).await;
-    let request = app
-        .client
-        .post(app.url("/api/tickets"))
-        .bearer_auth(&admin.access_token)
-        .json(&json!({"subject": "slow", "description": "", "actions": []}));
-    let held = tokio::spawn(async move { request.send().await.unwrap() });
+    let held = app.post_ticket_in_background(&admin, "slow");
     app.wait_for_stalled_ticket_inserts(1).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -96,12 +90,7 @@ async fn a_stop_waits_for_the_requests_in_progress_and_takes_no_new_ones(pool: P
     let mut app = TestApp::spawn(pool.clone()).await;
     let admin = app.register_company("Acme").await;
     let lock = app.hold_company_row(admin.company_id).await;
-    let request = app
-        .client
-        .post(app.url("/api/tickets"))
-        .bearer_auth(&admin.access_token)
-        .json(&json!({"subject": "in progress", "description": "", "actions": []}));
-    let held = tokio::spawn(async move { request.send().await.unwrap() });
+    let held = app.post_ticket_in_background(&admin, "in progress");
     app.wait_for_stalled_ticket_inserts(1).await;
 
     app.begin_shutdown();

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::test_app::{TestApp, assert_problem};
@@ -15,14 +14,7 @@ async fn beyond_its_limit_of_requests_in_flight_the_api_refuses_at_once_and_reco
     let admin = app.register_company("Acme").await;
 
     let lock = app.hold_company_row(admin.company_id).await;
-    let held = {
-        let request = app
-            .client
-            .post(app.url("/api/tickets"))
-            .bearer_auth(&admin.access_token)
-            .json(&json!({"subject": "held", "description": "", "actions": []}));
-        tokio::spawn(async move { request.send().await.unwrap() })
-    };
+    let held = app.post_ticket_in_background(&admin, "held");
     app.wait_for_stalled_ticket_inserts(1).await;
 
     let started = std::time::Instant::now();

@@ -262,6 +262,21 @@ impl TestApp {
         lock
     }
 
+    /// Sends `POST /api/tickets` (no actions) as `session` on a task of its
+    /// own, so the test can act while the request is in flight.
+    pub fn post_ticket_in_background(
+        &self,
+        session: &Session,
+        subject: &str,
+    ) -> tokio::task::JoinHandle<reqwest::Response> {
+        let request = self
+            .client
+            .post(self.url("/api/tickets"))
+            .bearer_auth(&session.access_token)
+            .json(&serde_json::json!({"subject": subject, "description": "", "actions": []}));
+        tokio::spawn(async move { request.send().await.unwrap() })
+    }
+
     /// Waits (up to 10 s) until at least `n` ticket inserts wait on a lock.
     pub async fn wait_for_stalled_ticket_inserts(&self, n: i64) {
         let mut waited = std::time::Duration::ZERO;

@@ -243,14 +243,8 @@ async fn requests_that_queue_behind_a_commit_share_the_next_one(pool: PgPool) {
     // With Alpha's row held, both writers stall on Alpha's tickets while
     // later requests queue.
     let lock = app.hold_company_row(a.company_id).await;
-    let post = |session: &Session, subject: String| {
-        let request = app
-            .client
-            .post(app.url("/api/tickets"))
-            .bearer_auth(&session.access_token)
-            .json(&json!({"subject": subject, "actions": []}));
-        tokio::spawn(async move { request.send().await.unwrap() })
-    };
+    let post =
+        |session: &Session, subject: String| app.post_ticket_in_background(session, &subject);
     // One request at a time, so that each writer takes one and stalls.
     let mut held = Vec::new();
     for i in 0..2 {
