@@ -60,7 +60,10 @@ pub async fn serve(
             // Out of file descriptors or memory: let connections end first.
             Err(e) => {
                 tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = &mut shutdown => break,
+                }
             }
         }
     }
