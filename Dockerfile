@@ -11,7 +11,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/api /src/target/release/worker /usr/local/bin/
 COPY basic_frontend /srv/basic_frontend
 ENV FRONTEND_DIR=/srv/basic_frontend
-# Large buffers go back to the system when freed (BENCHMARKS.md, memory).
+# The worker's large buffers go back to the system when freed (glibc; the
+# api has jemalloc: ARCHITECTURE.md, "Memory").
 ENV MALLOC_MMAP_THRESHOLD_=131072
 USER txdx
 EXPOSE 8080

@@ -370,11 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     // 3. The real system.
-    let mut env = vec![
-        // The allocator setting `./dev up` and the Dockerfile run the
-        // binaries with (ARCHITECTURE.md, "Memory").
-        ("MALLOC_MMAP_THRESHOLD_".to_owned(), "131072".to_owned()),
-    ];
+    let mut env = Vec::new();
     if let Some(n) = cli.worker_concurrency {
         env.push(("WORKER_CONCURRENCY".to_owned(), n.to_string()));
     }

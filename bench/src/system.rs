@@ -161,7 +161,8 @@ impl System {
                 "YmVuY2gtbG9jYWwtc2VjcmV0LWtleS0zMi1ieXRlcyE=".into(),
             ),
             ("RUST_LOG".into(), "info,sqlx=warn".into()),
-            // As the Docker image and `./dev up` set it (see Dockerfile).
+            // The worker's allocator setting, as the Docker image and `./dev
+            // up` set it (ARCHITECTURE.md, "Memory").
             ("MALLOC_MMAP_THRESHOLD_".into(), "131072".into()),
             ("FRONTEND_DIR".into(), frontend.display().to_string()),
         ];
