@@ -5,7 +5,7 @@ use utoipa::{
     Modify, OpenApi,
     openapi::{
         ContentBuilder, Ref, RefOr, ResponseBuilder,
-        path::Operation,
+        path::{Operation, ParameterIn},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -61,10 +61,16 @@ impl Modify for BearerAuth {
 }
 
 /// Adds the answers every operation of a kind can give, whatever its
-/// handler, so no handler can forget them: a JSON body is read by the
-/// [`Json`](crate::extract::Json) extractor (400 malformed, 413 too large,
-/// 415 not JSON), and every `/api/` operation reaches the database (503
-/// while it is unavailable). Entries a handler documents itself are kept.
+/// handler, so no handler can forget them:
+/// - a bearer-secured operation checks the token first (401);
+/// - a path parameter is read by the [`Path`](crate::extract::Path)
+///   extractor and a JSON body by [`Json`](crate::extract::Json) (400
+///   malformed; for a body also 413 too large, 415 not JSON, 422 a field
+///   missing or of the wrong type);
+/// - every `/api/` operation reaches the database (503 while it is
+///   unavailable).
+///
+/// Entries a handler documents itself are kept.
 pub fn document_common_responses(api: &mut utoipa::openapi::OpenApi) {
     let problem = |description: &str| {
         RefOr::T(
@@ -91,18 +97,38 @@ pub fn document_common_responses(api: &mut utoipa::openapi::OpenApi) {
             let Operation {
                 request_body,
                 responses,
+                parameters,
+                security,
                 ..
             } = operation;
+            let has_body = request_body.is_some();
+            let has_path_parameter = parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.parameter_in, ParameterIn::Path));
+            let bearer = security.iter().flatten().any(|requirement| {
+                serde_json::to_value(requirement)
+                    .is_ok_and(|schemes| schemes.get("bearer").is_some())
+            });
             let mut add = |status: &str, description: &str| {
                 responses
                     .responses
                     .entry(status.to_owned())
                     .or_insert_with(|| problem(description));
             };
-            if request_body.is_some() {
-                add("400", "Malformed JSON");
+            match (has_path_parameter, has_body) {
+                (true, true) => add("400", "Malformed id or JSON"),
+                (true, false) => add("400", "Malformed id"),
+                (false, true) => add("400", "Malformed JSON"),
+                (false, false) => {}
+            }
+            if bearer {
+                add("401", "Missing or invalid token");
+            }
+            if has_body {
                 add("413", "Body larger than the limit (256 KiB)");
                 add("415", "Body not sent as `Content-Type: application/json`");
+                add("422", "Invalid field");
             }
             if path.starts_with("/api/") {
                 add(

@@ -127,7 +127,6 @@ pub struct AuditQuery {
     responses(
         (status = 200, description = "A page of audit rows", body = AuditLogPage),
         (status = 400, description = "Bad filter or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn list_audit_logs(

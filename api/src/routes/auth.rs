@@ -163,9 +163,7 @@ async fn issue_session(
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Company and ADMIN created; tokens for the ADMIN", body = RegisterResponse),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Company name or username taken", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn register_company(
     State(state): State<AppState>,
@@ -238,7 +236,6 @@ async fn register_company(
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Invalid username or password", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing or mistyped field", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many failed attempts; see Retry-After", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -326,7 +323,6 @@ async fn login(
     request_body = RefreshRequest,
     responses(
         (status = 200, description = "A new token pair", body = TokenResponse),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing field", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -416,7 +412,6 @@ async fn refresh_token(
     request_body = RefreshRequest,
     responses(
         (status = 204, description = "Logged out"),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Invalid refresh token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing field", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -454,7 +449,6 @@ async fn logout(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = UserResponse),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_me(
     State(state): State<AppState>,

@@ -71,7 +71,6 @@ pub struct CompanyQuery {}
     responses(
         (status = 200, description = "The caller's company", body = [CompanyResponse]),
         (status = 400, description = "A query parameter (the list takes none)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn list_companies(
     State(state): State<AppState>,
@@ -90,8 +89,6 @@ async fn list_companies(
     params(("id" = Uuid, Path, description = "Company id")),
     responses(
         (status = 200, description = "The company", body = CompanyResponse),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such company", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_company(
@@ -115,12 +112,9 @@ async fn get_company(
     request_body = UpdateCompanyRequest,
     responses(
         (status = 200, description = "Updated", body = CompanyResponse),
-        (status = 400, description = "Malformed id or JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such company", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Name taken", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn update_company(
     State(state): State<AppState>,

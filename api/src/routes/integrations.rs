@@ -206,7 +206,6 @@ fn check_settings(value: &Value) -> Result<Value, ApiError> {
     responses(
         (status = 200, description = "A page of integrations", body = IntegrationPage),
         (status = 400, description = "Bad query", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn list_integrations(
     State(state): State<AppState>,
@@ -239,11 +238,8 @@ async fn list_integrations(
     request_body = CreateIntegrationRequest,
     responses(
         (status = 201, description = "Created", body = IntegrationResponse),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Name taken", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Secret store unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn create_integration(
@@ -318,8 +314,6 @@ async fn create_integration(
     params(("id" = Uuid, Path, description = "Integration id")),
     responses(
         (status = 200, description = "The integration", body = IntegrationResponse),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration in this company", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_integration(
@@ -340,12 +334,9 @@ async fn get_integration(
     request_body = UpdateIntegrationRequest,
     responses(
         (status = 200, description = "Updated", body = IntegrationResponse),
-        (status = 400, description = "Malformed id or JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration in this company", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Name taken", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Secret store unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn update_integration(
@@ -411,8 +402,6 @@ async fn update_integration(
     params(("id" = Uuid, Path, description = "Integration id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration in this company", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -449,8 +438,6 @@ async fn delete_integration(
     params(("id" = Uuid, Path, description = "Integration id")),
     responses(
         (status = 200, description = "The stored credentials", body = CredentialsResponse),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration, or it has no credentials", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Secret store unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -497,8 +484,6 @@ async fn get_integration_credentials(
     params(("id" = Uuid, Path, description = "Integration id")),
     responses(
         (status = 200, description = "The outcome (ok or the classified error)", body = ConnectionTestResponse),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration in this company", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "No worker answered in time", body = crate::error::Problem, content_type = "application/problem+json"),

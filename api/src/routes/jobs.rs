@@ -184,7 +184,6 @@ pub struct QueueStats {
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
         (status = 400, description = "Bad filter or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn list_jobs(
@@ -222,8 +221,6 @@ async fn list_jobs(
     params(("id" = Uuid, Path, description = "Job (action) id")),
     responses(
         (status = 200, description = "The job", body = JobDetail),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job in this company", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -267,8 +264,6 @@ async fn load_detail(
     params(("id" = Uuid, Path, description = "Job (action) id")),
     responses(
         (status = 200, description = "Re-enqueued", body = JobDetail),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job in this company", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job is not FAILED or DERIVED", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -323,8 +318,6 @@ async fn retry_job(
     request_body(content = Option<CancelJobRequest>, description = "Optional reason"),
     responses(
         (status = 200, description = "Cancelled", body = JobDetail),
-        (status = 400, description = "Malformed id or JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job in this company", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job is running or finished", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -383,7 +376,6 @@ async fn cancel_job(
     responses(
         (status = 200, description = "Statistics", body = QueueStats),
         (status = 400, description = "Unknown query parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_queue_stats(

@@ -263,7 +263,6 @@ pub fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     responses(
         (status = 200, description = "A page of tickets", body = TicketPage),
         (status = 400, description = "Bad filter or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn list_tickets(
     State(state): State<AppState>,
@@ -312,7 +311,6 @@ async fn list_tickets(
     responses(
         (status = 201, description = "Created (or replayed for a repeated Idempotency-Key)", body = TicketResponse),
         (status = 400, description = "Malformed JSON or header", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (named), or an Idempotency-Key reused with another body", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -449,8 +447,6 @@ async fn create_idempotent(
     params(("id" = Uuid, Path, description = "Ticket id")),
     responses(
         (status = 200, description = "The ticket", body = TicketResponse),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such ticket in this company", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_ticket(
@@ -473,12 +469,9 @@ async fn get_ticket(
     request_body = UpdateTicketRequest,
     responses(
         (status = 200, description = "Updated", body = TicketResponse),
-        (status = 400, description = "Malformed id or JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Only an ADMIN may derive a ticket", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such ticket in this company", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The ticket is no longer PENDING", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn update_ticket(
     State(state): State<AppState>,
@@ -584,8 +577,6 @@ async fn update_ticket(
     params(("id" = Uuid, Path, description = "Ticket id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Neither an ADMIN nor the creator of a PENDING ticket", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such ticket in this company", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -627,8 +618,6 @@ async fn delete_ticket(
     params(("id" = Uuid, Path, description = "Ticket id")),
     responses(
         (status = 200, description = "`text/event-stream` of `ticket` events, each a TicketResponse", body = TicketResponse, content_type = "text/event-stream"),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such ticket in this company", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn stream_ticket_events(

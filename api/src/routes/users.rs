@@ -161,7 +161,6 @@ pub fn validate_email(email: &str) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "A page of users", body = UserPage),
         (status = 400, description = "Bad query", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn list_users(
     State(state): State<AppState>,
@@ -193,11 +192,8 @@ async fn list_users(
     request_body = CreateUserRequest,
     responses(
         (status = 201, description = "Created", body = UserResponse),
-        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Username taken", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn create_user(
     State(state): State<AppState>,
@@ -246,8 +242,6 @@ async fn create_user(
     params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 200, description = "The user", body = UserResponse),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user in this company", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_user(
@@ -269,12 +263,9 @@ async fn get_user(
     request_body = UpdateUserRequest,
     responses(
         (status = 200, description = "Updated", body = UserResponse),
-        (status = 400, description = "Malformed id or JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "A USER changing someone else or its own role", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user in this company", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Would demote the last ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn update_user(
     State(state): State<AppState>,
@@ -375,8 +366,6 @@ async fn update_user(
     params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Malformed id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user in this company", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The last ADMIN", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -37,6 +37,47 @@ fn every_operation_has_an_operation_id_and_error_responses_use_problem_json() {
     }
 }
 
+/// The answers the extractors and the token check give are documented on
+/// every operation they guard: 401 where a bearer token is required, 400
+/// where a path parameter or a JSON body is parsed, and 413, 415 and 422
+/// where a body is read.
+#[test]
+fn every_operation_documents_what_its_token_path_and_body_checks_answer() {
+    let doc = serde_json::to_value(txdx_api::openapi::document()).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = &op["responses"];
+            let bearer = op["security"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|r| r.get("bearer").is_some()));
+            let path_parameter = op["parameters"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|p| p["in"] == "path"));
+            let body = op["requestBody"].is_object();
+            let mut expected = Vec::new();
+            if bearer {
+                expected.push("401");
+            }
+            if path_parameter || body {
+                expected.push("400");
+            }
+            if body {
+                expected.extend(["413", "415", "422"]);
+            }
+            for status in expected {
+                assert!(
+                    responses[status].is_object(),
+                    "{method} {path} does not document {status}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    // 88 when this was written: a guard against a loop that checks nothing.
+    assert!(checked >= 80, "only {checked} answers checked");
+}
+
 /// The document's enums list exactly what the API sends and accepts (a
 /// client generated from it once refused `"ADMIN"` as a Role).
 #[test]
