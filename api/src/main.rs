@@ -182,8 +182,8 @@ mod tests {
 
     /// 64 MiB of 16 KiB buffers, then all freed but one in 16: the holes go
     /// back to the system within seconds. glibc's heap keeps holes that are
-    /// not at its top, and jemalloc's default decay keeps half of them for
-    /// 5 s; with either, the process would still hold 30–64 MiB here.
+    /// not at its top, and jemalloc with its default 10 s decay, or without
+    /// the background thread, still held all of them after 5 s.
     #[test]
     fn pages_left_unused_by_frees_go_back_to_the_system_within_seconds() {
         const BUFFER: usize = 16 * 1024;
