@@ -8,11 +8,16 @@
 //! the hash milliseconds) whose scheduling class is `SCHED_IDLE` on Linux:
 //! it gets a core only when nothing else wants it, so a burst of logins
 //! delays logins, not the rest.
+//!
+//! A login's database work is bounded too ([`Hashing::login_turn`]): without
+//! it, every login of a burst ran its throttle check and user lookup at
+//! once, took every connection of the pool, and the other requests waited
+//! for one (BENCHMARKS.md).
 
 use std::sync::{Arc, Once};
 
 use thread_priority::{ThreadBuilder, ThreadPriority};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::ApiError;
 
@@ -21,14 +26,34 @@ use crate::error::ApiError;
 #[derive(Clone, Debug)]
 pub struct Hashing {
     permits: Arc<Semaphore>,
+    logins: Arc<Semaphore>,
 }
 
 impl Hashing {
-    /// At most `permits` hashes at once (at least one).
+    /// At most `permits` hashes at once (at least one), and twice as many
+    /// logins ([`Hashing::login_turn`]).
     pub fn new(permits: usize) -> Self {
+        let permits = permits.max(1);
         Self {
-            permits: Arc::new(Semaphore::new(permits.max(1))),
+            permits: Arc::new(Semaphore::new(permits)),
+            logins: Arc::new(Semaphore::new(2 * permits)),
         }
+    }
+
+    /// A turn for one login, to hold from its first database query to its
+    /// last: twice as many logins as hashes run at once, so one login's
+    /// queries overlap another's hash and the hashes stay as busy as they
+    /// can be, while a burst of logins holds at most that many of the
+    /// pool's connections. The logins of a burst wait here, holding nothing.
+    ///
+    /// # Errors
+    /// Never in practice: the semaphore is never closed.
+    pub async fn login_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.logins
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))
     }
 
     /// One per two CPUs, at least one: a burst of logins keeps at least
@@ -143,6 +168,33 @@ mod tests {
             done?;
         }
         assert_eq!(most.load(Ordering::SeqCst), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn twice_as_many_logins_as_hashes_take_turns_at_once() -> Result<(), ApiError> {
+        let hashing = Hashing::new(2);
+        let mut turns = Vec::new();
+        for _ in 0..4 {
+            let turn = tokio::time::timeout(Duration::from_secs(5), hashing.login_turn())
+                .await
+                .map_err(|_| ApiError::Internal(anyhow::anyhow!("no turn for a login")))??;
+            turns.push(turn);
+        }
+        let fifth = hashing.login_turn();
+        tokio::pin!(fifth);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut fifth)
+                .await
+                .is_err(),
+            "a fifth login got a turn while four held theirs"
+        );
+        // A hash needs no turn: a login holding one can always hash.
+        assert_eq!(hashing.run(|| 7).await?, 7);
+        drop(turns.pop());
+        let _fifth = tokio::time::timeout(Duration::from_secs(5), fifth)
+            .await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("no turn for the fifth login")))??;
         Ok(())
     }
 

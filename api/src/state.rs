@@ -20,8 +20,9 @@ pub struct AppState {
     pub secrets: Arc<dyn SecretStore>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// argon2id, off the executor, bounded, at the lowest priority, so a
-    /// burst of logins cannot starve the other requests.
+    /// argon2id, off the executor, bounded, at the lowest priority, and the
+    /// logins' turns, so a burst of logins cannot starve the other requests
+    /// of CPU or of connections.
     pub hashing: crate::hashing::Hashing,
     /// Recently verified operator credentials for the queue board.
     pub operator_auth: crate::board::OperatorAuthCache,

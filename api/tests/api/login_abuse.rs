@@ -3,10 +3,19 @@
 //! throttled attempt is answered before any password is checked, and the
 //! throttle treats unknown and real usernames alike. (That both answer in
 //! the same time is measured by `scripts/login-timing.sh`, in release mode.)
+//! A burst of logins waits for its turns, not for the pool's connections.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use crate::test_app::{PASSWORD, TestApp, assert_problem};
 
@@ -155,5 +164,53 @@ async fn fifty_failures_from_one_address_across_many_usernames_throttle_that_add
         app.count("SELECT count(*) FROM audit_logs WHERE action = 'auth.login'")
             .await,
         1
+    );
+}
+
+/// Logins allowed at once: twice the password hashes, one per two CPUs
+/// (`txdx_api::hashing::Hashing::half_the_cpus`).
+fn login_turns() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    u32::try_from(2 * (cpus / 2).max(1)).unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_burst_of_logins_holds_no_more_connections_than_its_turns(pool: PgPool) {
+    // A pool with room for every login of the burst, so only the turns
+    // can keep them from taking it all.
+    let turns = login_turns();
+    let wide = PgPoolOptions::new()
+        .max_connections(turns + 20)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let app = TestApp::spawn(wide).await;
+    app.register_company("Acme").await;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let most_in_use = tokio::spawn({
+        let (pool, done) = (app.pool.clone(), done.clone());
+        async move {
+            let mut most = 0;
+            while !done.load(Ordering::Relaxed) {
+                let idle = u32::try_from(pool.num_idle()).unwrap();
+                most = most.max(pool.size().saturating_sub(idle));
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            most
+        }
+    });
+    let logins =
+        futures::future::join_all((0..20).map(|_| app.login("acme-admin", PASSWORD))).await;
+    done.store(true, Ordering::Relaxed);
+    for response in logins {
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let most = most_in_use.await.unwrap();
+    // A connection goes back to the pool on a task of its own after its
+    // login's turn ends, so the next login may briefly overlap it.
+    assert!(
+        (1..=turns + 2).contains(&most),
+        "{most} connections in use at once during 20 logins, with {turns} turns"
     );
 }
