@@ -9,7 +9,8 @@
 //! it gets a core only when nothing else wants it, so a burst of logins
 //! delays logins, not the rest.
 //!
-//! A login's database work is bounded too ([`Hashing::login_turn`]): without
+//! A login's database work is bounded too
+//! ([`Hashing::login_turn`](crate::hashing::Hashing::login_turn)): without
 //! it, every login of a burst ran its throttle check and user lookup at
 //! once, took every connection of the pool, and the other requests waited
 //! for one (BENCHMARKS.md).
