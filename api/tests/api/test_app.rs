@@ -277,11 +277,12 @@ impl TestApp {
         tokio::spawn(async move { request.send().await.unwrap() })
     }
 
-    /// Waits (up to 10 s) until at least `n` ticket inserts wait on a lock.
+    /// Waits (up to 10 s) until at least `n` ticket inserts of this test's
+    /// database wait on a lock (tests running beside it have their own).
     pub async fn wait_for_stalled_ticket_inserts(&self, n: i64) {
         let mut waited = std::time::Duration::ZERO;
         while self
-            .count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tickets%'")
+            .count("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tickets%'")
             .await
             < n
         {
