@@ -172,6 +172,11 @@ mod tests {
         Ok(())
     }
 
+    /// Whether `future` has not finished within `wait` (it can be polled on).
+    async fn still_pending_after(wait: Duration, future: &mut (impl Future + Unpin)) -> bool {
+        tokio::time::timeout(wait, future).await.is_err()
+    }
+
     #[tokio::test]
     async fn twice_as_many_logins_as_hashes_take_turns_at_once() -> Result<(), ApiError> {
         let hashing = Hashing::new(2);
@@ -185,9 +190,7 @@ mod tests {
         let fifth = hashing.login_turn();
         tokio::pin!(fifth);
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut fifth)
-                .await
-                .is_err(),
+            still_pending_after(Duration::from_millis(50), &mut fifth).await,
             "a fifth login got a turn while four held theirs"
         );
         // A hash needs no turn: a login holding one can always hash.
@@ -223,9 +226,7 @@ mod tests {
         let second = hashing.run(|| 7);
         tokio::pin!(second);
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), &mut second)
-                .await
-                .is_err(),
+            still_pending_after(Duration::from_millis(100), &mut second).await,
             "a second call started while the first's work still ran"
         );
         drop(gate_tx);
