@@ -88,9 +88,13 @@ struct Cli {
     /// Worker counts of the saturation runs, comma-separated.
     #[arg(long, value_delimiter = ',')]
     workers: Option<Vec<usize>>,
-    /// Seconds of each saturation run.
+    /// Seconds of each saturation run and of each half-saturation step.
     #[arg(long)]
     saturation_secs: Option<f64>,
+    /// Half-saturation steps, back to back, of the main figures and of each
+    /// growth run (their figures are the medians; default 3, smoke 2).
+    #[arg(long)]
+    half_steps: Option<usize>,
     /// Tickets queued before the drain (the issue asks for 50,000).
     #[arg(long)]
     drain_tickets: Option<usize>,
@@ -162,6 +166,7 @@ struct Plan {
     sweep_workers: usize,
     workers: Vec<usize>,
     saturation: Duration,
+    half_steps: usize,
     drain_tickets: usize,
     drain_workers: usize,
     pgbench_clients: usize,
@@ -205,6 +210,7 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| if smoke { vec![1, 2] } else { vec![1, 2, 4] }),
             saturation: secs(cli.saturation_secs, 20.0, 2.0),
+            half_steps: cli.half_steps.unwrap_or(if smoke { 2 } else { 3 }).max(1),
             drain_tickets: cli
                 .drain_tickets
                 .unwrap_or(if smoke { 200 } else { 50_000 }),
@@ -468,7 +474,7 @@ fn write_outputs(results: &Results, out_dir: &Path, plot_dir: &Path) -> anyhow::
 struct Measured {
     sweep: Vec<Step>,
     saturation: Vec<Saturation>,
-    half: Option<Step>,
+    half: Option<report::HalfSteps>,
     drain: Option<Drain>,
     idle: Option<report::Idle>,
     login_burst: Option<report::LoginBurst>,
@@ -577,27 +583,27 @@ async fn measure(
         .find(|s| s.workers == plan.sweep_workers)
         .or(saturation.last())
         .map(|s| s.executed_rate);
+    let ctx = phases::Ctx {
+        plan,
+        cli,
+        client,
+        db,
+        db_url,
+        stat_statements,
+        drain_timeout,
+    };
     let half = if let Some(sat_rate) = sat_rate.filter(|r| *r > 0.0) {
-        system.start_workers(plan.sweep_workers)?;
-        // Let the workers connect and register before the clock starts.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let step = run_step(
-            system,
-            client,
-            db,
-            &tenants,
-            (sat_rate / 2.0).max(1.0),
-            plan.saturation,
-            cli.get_rate,
-            drain_timeout,
-        )
-        .await?;
-        say(format!(
-            "half saturation {:.0}/s: POST p99 {:.1} ms, e2e p99 {:.1} ms",
-            step.offered_rate, step.post.p99, step.e2e.p99
-        ));
-        system.stop_workers().await;
-        Some(step)
+        let half = phases::half_steps(&ctx, system, &tenants, (sat_rate / 2.0).max(1.0)).await?;
+        if let Some(h) = &half {
+            say(format!(
+                "half saturation {:.0}/s, median of {} steps: POST p99 {:.1} ms, e2e p99 {:.1} ms",
+                h.offered_rate(),
+                h.steps.len(),
+                h.median(|s| s.post.p99),
+                h.median(|s| s.e2e.p99)
+            ));
+        }
+        half
     } else {
         None
     };
@@ -650,15 +656,6 @@ async fn measure(
         None
     };
 
-    let ctx = phases::Ctx {
-        plan,
-        cli,
-        client,
-        db,
-        db_url,
-        stat_statements,
-        drain_timeout,
-    };
     let growth = if plan.history_jobs > 0
         || plan.pending_jobs > 0
         || plan.growth_companies > tenants.len()

@@ -14,7 +14,9 @@ use crate::{
     Cli, MAX_IN_FLIGHT, Plan, history,
     load::{self, Request, Tenant},
     probe, procfs,
-    report::{Growth, GrowthRound, Idle, IdleProc, LoginBurst, Registration, Saturation, Step},
+    report::{
+        Growth, GrowthRound, HalfSteps, Idle, IdleProc, LoginBurst, Registration, Saturation,
+    },
     run_drain, run_saturation, run_step, say,
     stats::Percentiles,
     system::System,
@@ -36,7 +38,52 @@ pub struct Ctx<'a> {
 /// The main figures growth is compared with.
 pub struct Baseline<'a> {
     pub saturation: &'a [Saturation],
-    pub half: Option<&'a Step>,
+    pub half: Option<&'a HalfSteps>,
+}
+
+/// The half-saturation figure: the plan's `half_steps` steps of
+/// `saturation` at `rate`, back to back, with `sweep_workers` fresh workers
+/// that are stopped afterwards.
+///
+/// # Errors
+/// A step that failed, or workers that cannot start.
+pub async fn half_steps(
+    ctx: &Ctx<'_>,
+    system: &mut System,
+    tenants: &[Tenant],
+    rate: f64,
+) -> anyhow::Result<Option<HalfSteps>> {
+    let plan = ctx.plan;
+    system.start_workers(plan.sweep_workers)?;
+    // Let the workers connect and register before the clock starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut steps = Vec::with_capacity(plan.half_steps);
+    let mut failed = None;
+    for _ in 0..plan.half_steps {
+        match run_step(
+            system,
+            ctx.client,
+            ctx.db,
+            tenants,
+            rate,
+            plan.saturation,
+            ctx.cli.get_rate,
+            ctx.drain_timeout,
+        )
+        .await
+        {
+            Ok(step) => steps.push(step),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    system.stop_workers().await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(HalfSteps::new(steps))
 }
 
 /// Starts one fresh worker beside whatever runs (the api and the drain's
@@ -224,7 +271,7 @@ async fn growth_runs(
         .iter()
         .find(|s| s.workers == workers)
         .map(|s| s.offered_rate);
-    let half_rate = baseline.half.map(|h| h.offered_rate);
+    let half_rate = baseline.half.map(HalfSteps::offered_rate);
     let mut history_in_tables = (0, 0);
     if plan.history_jobs > 0 || plan.pending_jobs > 0 {
         say(format!(
@@ -342,26 +389,18 @@ async fn round(
         None
     };
     let half = if let Some(rate) = half_rate {
-        system.start_workers(plan.sweep_workers)?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let step = run_step(
-            system,
-            ctx.client,
-            ctx.db,
-            tenants,
-            rate,
-            plan.saturation,
-            ctx.cli.get_rate,
-            ctx.drain_timeout,
-        )
-        .await;
-        system.stop_workers().await;
-        let step = step?;
-        say(format!(
-            "growth ({label}): {:.0}/s: POST p99 {:.1} ms, e2e p99 {:.1} ms, GET p99 {:.1} ms",
-            step.offered_rate, step.post.p99, step.e2e.p99, step.get.p99
-        ));
-        Some(step)
+        let half = half_steps(ctx, system, tenants, rate).await?;
+        if let Some(h) = &half {
+            say(format!(
+                "growth ({label}): {:.0}/s, median of {} steps: POST p99 {:.1} ms, e2e p99 {:.1} ms, GET p99 {:.1} ms",
+                h.offered_rate(),
+                h.steps.len(),
+                h.median(|s| s.post.p99),
+                h.median(|s| s.e2e.p99),
+                h.median(|s| s.get.p99)
+            ));
+        }
+        half
     } else {
         None
     };
