@@ -9,11 +9,11 @@
 //! it gets a core only when nothing else wants it, so a burst of logins
 //! delays logins, not the rest.
 //!
-//! A login's database work is bounded too
-//! ([`Hashing::login_turn`](crate::hashing::Hashing::login_turn)): without
-//! it, every login of a burst ran its throttle check and user lookup at
-//! once, took every connection of the pool, and the other requests waited
-//! for one (BENCHMARKS.md).
+//! The database work of a request that hashes is bounded too
+//! ([`Hashing::password_turn`](crate::hashing::Hashing::password_turn)):
+//! without it, every login of a burst ran its throttle check and user
+//! lookup at once, took every connection of the pool, and the other
+//! requests waited for one (BENCHMARKS.md).
 
 use std::sync::{Arc, Once};
 
@@ -27,30 +27,32 @@ use crate::error::ApiError;
 #[derive(Clone, Debug)]
 pub struct Hashing {
     permits: Arc<Semaphore>,
-    logins: Arc<Semaphore>,
+    turns: Arc<Semaphore>,
 }
 
 impl Hashing {
     /// At most `permits` hashes at once (at least one), and twice as many
-    /// logins ([`Hashing::login_turn`]).
+    /// requests that hash and use the database ([`Hashing::password_turn`]).
     pub fn new(permits: usize) -> Self {
         let permits = permits.max(1);
         Self {
             permits: Arc::new(Semaphore::new(permits)),
-            logins: Arc::new(Semaphore::new(2 * permits)),
+            turns: Arc::new(Semaphore::new(2 * permits)),
         }
     }
 
-    /// A turn for one login, to hold from its first database query to its
-    /// last: twice as many logins as hashes run at once, so one login's
-    /// queries overlap another's hash and the hashes stay as busy as they
-    /// can be, while a burst of logins holds at most that many of the
-    /// pool's connections. The logins of a burst wait here, holding nothing.
+    /// A turn for one request that checks or sets a password and holds a
+    /// database connection around the hash (a login, a password change), to
+    /// hold from its first query to its last: twice as many turns as hashes
+    /// run at once, so one request's queries overlap another's hash and the
+    /// hashes stay as busy as they can be, while a burst holds at most that
+    /// many of the pool's connections. The requests of a burst wait here,
+    /// holding nothing.
     ///
     /// # Errors
     /// Never in practice: the semaphore is never closed.
-    pub async fn login_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.logins
+    pub async fn password_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.turns
             .clone()
             .acquire_owned()
             .await
@@ -182,12 +184,12 @@ mod tests {
         let hashing = Hashing::new(2);
         let mut turns = Vec::new();
         for _ in 0..4 {
-            let turn = tokio::time::timeout(Duration::from_secs(5), hashing.login_turn())
+            let turn = tokio::time::timeout(Duration::from_secs(5), hashing.password_turn())
                 .await
                 .map_err(|_| ApiError::Internal(anyhow::anyhow!("no turn for a login")))??;
             turns.push(turn);
         }
-        let fifth = hashing.login_turn();
+        let fifth = hashing.password_turn();
         tokio::pin!(fifth);
         assert!(
             still_pending_after(Duration::from_millis(50), &mut fifth).await,

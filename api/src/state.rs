@@ -21,8 +21,8 @@ pub struct AppState {
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// argon2id, off the executor, bounded, at the lowest priority, and the
-    /// logins' turns, so a burst of logins cannot starve the other requests
-    /// of CPU or of connections.
+    /// turns of logins and password changes, so a burst of them cannot
+    /// starve the other requests of CPU or of connections.
     pub hashing: crate::hashing::Hashing,
     /// Recently verified operator credentials for the queue board.
     pub operator_auth: crate::board::OperatorAuthCache,

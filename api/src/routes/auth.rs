@@ -254,7 +254,7 @@ async fn login(
         ));
     }
     // Held to the end: a burst of logins queues here, not for the pool.
-    let _turn = state.hashing.login_turn().await?;
+    let _turn = state.hashing.password_turn().await?;
     if let Some(retry_after_secs) =
         db::login_failures::login_throttle(&state.pool, &username, &client_ip).await?
     {

@@ -292,6 +292,13 @@ async fn update_user(
     if let Some(email) = &body.email {
         validate_email(email)?;
     }
+    // A new password is hashed inside the transaction (its policy needs the
+    // target's username): held to the end, so that a burst of password
+    // changes queues here and not for the pool's connections.
+    let _turn = match body.password {
+        Some(_) => Some(state.hashing.password_turn().await?),
+        None => None,
+    };
     let mut tx = db::begin_tenant(&state.pool, caller.company_id).await?;
     let target = db::users::find_user(&mut tx, caller.company_id, id).await?;
     let hash = match &body.password {

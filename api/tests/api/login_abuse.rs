@@ -3,7 +3,8 @@
 //! throttled attempt is answered before any password is checked, and the
 //! throttle treats unknown and real usernames alike. (That both answer in
 //! the same time is measured by `scripts/login-timing.sh`, in release mode.)
-//! A burst of logins waits for its turns, not for the pool's connections.
+//! A burst of logins, or of password changes, waits for its turns, not for
+//! the pool's connections.
 
 use std::{
     sync::{
@@ -167,9 +168,9 @@ async fn fifty_failures_from_one_address_across_many_usernames_throttle_that_add
     );
 }
 
-/// Logins allowed at once: twice the password hashes, one per two CPUs
-/// (`txdx_api::hashing::Hashing::half_the_cpus`).
-fn login_turns() -> u32 {
+/// Logins and password changes allowed at once: twice the password hashes,
+/// one per two CPUs (`txdx_api::hashing::Hashing::half_the_cpus`).
+fn password_turns() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(2, usize::from);
     u32::try_from(2 * (cpus / 2).max(1)).unwrap()
 }
@@ -178,7 +179,7 @@ fn login_turns() -> u32 {
 async fn a_burst_of_logins_holds_no_more_connections_than_its_turns(pool: PgPool) {
     // A pool with room for every login of the burst, so only the turns
     // can keep them from taking it all.
-    let turns = login_turns();
+    let turns = password_turns();
     let wide = PgPoolOptions::new()
         .max_connections(turns + 20)
         .connect_with((*pool.connect_options()).clone())
@@ -212,5 +213,72 @@ async fn a_burst_of_logins_holds_no_more_connections_than_its_turns(pool: PgPool
     assert!(
         (1..=turns + 2).contains(&most),
         "{most} connections in use at once during 20 logins, with {turns} turns"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_burst_of_password_changes_waits_for_its_hashes_holding_no_connection(pool: PgPool) {
+    let turns = password_turns();
+    let wide = PgPoolOptions::new()
+        .max_connections(turns + 20)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let app = TestApp::spawn(wide).await;
+    let admin = app.register_company("Acme").await;
+    let user = app.create_user(&admin, "alice", "USER").await;
+    let path = format!("/api/users/{}", user.user_id);
+
+    // Every request of the burst checks its token at once, which takes a
+    // connection each for a moment (opened first, if the pool has none
+    // idle); what counts is what they hold while their hashes run, so the
+    // pool is filled beforehand and the count starts with the third answer.
+    let warm: Vec<_> = futures::future::join_all((0..turns + 20).map(|_| app.pool.acquire())).await;
+    drop(warm);
+    while app.pool.num_idle() < app.pool.size() as usize {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let measuring = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let most_in_use = tokio::spawn({
+        let (pool, measuring, done) = (app.pool.clone(), measuring.clone(), done.clone());
+        async move {
+            let mut most = 0;
+            while !done.load(Ordering::Relaxed) {
+                if measuring.load(Ordering::Relaxed) {
+                    let idle = u32::try_from(pool.num_idle()).unwrap();
+                    most = most.max(pool.size().saturating_sub(idle));
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            most
+        }
+    });
+    let mut changes: futures::stream::FuturesUnordered<_> = (0..20)
+        .map(|i| {
+            let body = serde_json::json!({"password": format!("{PASSWORD} {i}")});
+            let (app, path, token) = (&app, &path, &admin.access_token);
+            async move { app.put_json(path, token, &body).await.status() }
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    while let Some(status) = futures::StreamExt::next(&mut changes).await {
+        statuses.push(status);
+        if statuses.len() == 3 {
+            measuring.store(true, Ordering::Relaxed);
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    assert_eq!(statuses, vec![StatusCode::OK; 20]);
+    let most = most_in_use.await.unwrap();
+    assert!(
+        (1..=turns + 2).contains(&most),
+        "{most} connections in use at once while 17 password changes waited, with {turns} turns"
+    );
+    // Each change was applied and audited.
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_logs WHERE action = 'user.updated'")
+            .await,
+        20
     );
 }
