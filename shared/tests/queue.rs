@@ -927,3 +927,63 @@ async fn job_ends_are_found_by_primary_key_in_a_transaction_that_reuses_plans_af
     );
     assert_eq!(after.2 - before.2, 1, "one index scan");
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_job_inserted_after_its_transaction_crossed_a_second_still_notifies_the_workers(
+    pool: PgPool,
+) {
+    db::migrate(&pool).await.unwrap();
+    let (company, _, actions) = seed(&pool, json!({}), 1).await;
+    let ticket: Uuid = sqlx::query_scalar("SELECT ticket_id FROM ticket_actions WHERE id = $1")
+        .bind(actions[0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("apalis::job::insert").await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let began: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    // The job's run_at is the client's clock in whole seconds: wait for the
+    // next second, so that it comes after the transaction's start.
+    while Utc::now().timestamp() <= began.timestamp() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ids = shared::jobs::enqueue_actions(
+        &mut tx,
+        &[shared::jobs::ActionEnqueue {
+            job: ActionJob {
+                company_id: company,
+                ticket_id: ticket,
+                action_id: actions[0],
+            },
+            run_at: None,
+            backlog: 0,
+        }],
+    )
+    .await
+    .unwrap();
+    let run_at: DateTime<Utc> = sqlx::query_scalar("SELECT run_at FROM apalis.jobs WHERE id = $1")
+        .bind(&ids[0])
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert!(
+        run_at > began,
+        "the case under test: run_at {run_at} after the transaction's start {began}"
+    );
+    tx.commit().await.unwrap();
+
+    let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the new job's notification")
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(notification.payload()).unwrap();
+    assert_eq!(payload["id"], ids[0].as_str());
+    assert_eq!(payload["job_type"], ACTION_QUEUE);
+}
