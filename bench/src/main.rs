@@ -593,17 +593,8 @@ async fn measure(
         drain_timeout,
     };
     let half = if let Some(sat_rate) = sat_rate.filter(|r| *r > 0.0) {
-        let half = phases::half_steps(&ctx, system, &tenants, (sat_rate / 2.0).max(1.0)).await?;
-        if let Some(h) = &half {
-            say(format!(
-                "half saturation {:.0}/s, median of {} steps: POST p99 {:.1} ms, e2e p99 {:.1} ms",
-                h.offered_rate(),
-                h.steps.len(),
-                h.median(|s| s.post.p99),
-                h.median(|s| s.e2e.p99)
-            ));
-        }
-        half
+        let rate = (sat_rate / 2.0).max(1.0);
+        phases::half_steps(&ctx, system, &tenants, rate, "half saturation").await?
     } else {
         None
     };

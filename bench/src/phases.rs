@@ -43,7 +43,7 @@ pub struct Baseline<'a> {
 
 /// The half-saturation figure: the plan's `half_steps` steps of
 /// `saturation` at `rate`, back to back, with `sweep_workers` fresh workers
-/// that are stopped afterwards.
+/// that are stopped afterwards; says its medians after `label`.
 ///
 /// # Errors
 /// A step that failed, or workers that cannot start.
@@ -52,6 +52,7 @@ pub async fn half_steps(
     system: &mut System,
     tenants: &[Tenant],
     rate: f64,
+    label: &str,
 ) -> anyhow::Result<Option<HalfSteps>> {
     let plan = ctx.plan;
     system.start_workers(plan.sweep_workers)?;
@@ -83,7 +84,18 @@ pub async fn half_steps(
     if let Some(e) = failed {
         return Err(e);
     }
-    Ok(HalfSteps::new(steps))
+    let half = HalfSteps::new(steps);
+    if let Some(h) = &half {
+        say(format!(
+            "{label}: {:.0}/s, median of {} steps: POST p99 {:.1} ms, e2e p99 {:.1} ms, GET p99 {:.1} ms",
+            h.offered_rate(),
+            h.steps.len(),
+            h.median(|s| s.post.p99),
+            h.median(|s| s.e2e.p99),
+            h.median(|s| s.get.p99)
+        ));
+    }
+    Ok(half)
 }
 
 /// Starts one fresh worker beside whatever runs (the api and the drain's
@@ -389,18 +401,7 @@ async fn round(
         None
     };
     let half = if let Some(rate) = half_rate {
-        let half = half_steps(ctx, system, tenants, rate).await?;
-        if let Some(h) = &half {
-            say(format!(
-                "growth ({label}): {:.0}/s, median of {} steps: POST p99 {:.1} ms, e2e p99 {:.1} ms, GET p99 {:.1} ms",
-                h.offered_rate(),
-                h.steps.len(),
-                h.median(|s| s.post.p99),
-                h.median(|s| s.e2e.p99),
-                h.median(|s| s.get.p99)
-            ));
-        }
-        half
+        half_steps(ctx, system, tenants, rate, &format!("growth ({label})")).await?
     } else {
         None
     };

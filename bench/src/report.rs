@@ -534,38 +534,30 @@ pub fn markdown(r: &Results) -> String {
             h.steps.len(),
             r.settings.saturation_secs,
         );
-        let row =
-            |s: &mut String, label: &str, bold: bool, pick: &dyn Fn(fn(&Step) -> f64) -> f64| {
-                let figures: [fn(&Step) -> f64; 12] = [
-                    |x| x.post.p50,
-                    |x| x.post.p95,
-                    |x| x.post.p99,
-                    |x| x.post.max,
-                    |x| x.e2e.p50,
-                    |x| x.e2e.p95,
-                    |x| x.e2e.p99,
-                    |x| x.e2e.max,
-                    |x| x.get.p50,
-                    |x| x.get.p95,
-                    |x| x.get.p99,
-                    |x| x.get.max,
-                ];
-                let _ = write!(s, "| {label} | {:.0} |", h.offered_rate());
-                for (i, f) in figures.into_iter().enumerate() {
-                    let v = pick(f);
-                    // The two p99 the targets name.
-                    if bold && (i == 2 || i == 6) {
-                        let _ = write!(s, " **{v:.1}** |");
-                    } else {
-                        let _ = write!(s, " {v:.1} |");
-                    }
+        // POST, POST→EXECUTED and GET, each p50 / p95 / p99 / max.
+        let figure = |step: &Step, i: usize| {
+            let p = [step.post, step.e2e, step.get][i / 4];
+            [p.p50, p.p95, p.p99, p.max][i % 4]
+        };
+        let row = |s: &mut String, label: &str, bold: bool, value: &dyn Fn(usize) -> f64| {
+            let _ = write!(s, "| {label} | {:.0} |", h.offered_rate());
+            for i in 0..12 {
+                let v = value(i);
+                // The two p99 the targets name.
+                if bold && (i == 2 || i == 6) {
+                    let _ = write!(s, " **{v:.1}** |");
+                } else {
+                    let _ = write!(s, " {v:.1} |");
                 }
-                s.push('\n');
-            };
+            }
+            s.push('\n');
+        };
         for (i, step) in h.steps.iter().enumerate() {
-            row(&mut s, &(i + 1).to_string(), false, &|f| f(step));
+            row(&mut s, &(i + 1).to_string(), false, &|f| figure(step, f));
         }
-        row(&mut s, "median", true, &|f| h.median(f));
+        row(&mut s, "median", true, &|f| {
+            h.median(|step| figure(step, f))
+        });
         if let Some(first) = h.steps.first() {
             usage_table(
                 &mut s,

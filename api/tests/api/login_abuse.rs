@@ -175,39 +175,72 @@ fn password_turns() -> u32 {
     u32::try_from(2 * (cpus / 2).max(1)).unwrap()
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_burst_of_logins_holds_no_more_connections_than_its_turns(pool: PgPool) {
-    // A pool with room for every login of the burst, so only the turns
-    // can keep them from taking it all.
-    let turns = password_turns();
+/// An api on a pool with room for every request of a 20-request burst
+/// beyond the turns, so only the turns can keep a burst from taking it all.
+async fn app_with_a_wide_pool(pool: &PgPool, turns: u32) -> TestApp {
     let wide = PgPoolOptions::new()
         .max_connections(turns + 20)
         .connect_with((*pool.connect_options()).clone())
         .await
         .unwrap();
-    let app = TestApp::spawn(wide).await;
+    TestApp::spawn(wide).await
+}
+
+/// Samples the connections `pool` has in use, while `measuring` is set,
+/// until `done` is; the task answers the most seen at once.
+struct ConnectionWatch {
+    measuring: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    most: tokio::task::JoinHandle<u32>,
+}
+
+impl ConnectionWatch {
+    fn start(pool: &PgPool, measuring_from_start: bool) -> Self {
+        let measuring = Arc::new(AtomicBool::new(measuring_from_start));
+        let done = Arc::new(AtomicBool::new(false));
+        let most = tokio::spawn({
+            let (pool, measuring, done) = (pool.clone(), measuring.clone(), done.clone());
+            async move {
+                let mut most = 0;
+                while !done.load(Ordering::Relaxed) {
+                    if measuring.load(Ordering::Relaxed) {
+                        let idle = u32::try_from(pool.num_idle()).unwrap();
+                        most = most.max(pool.size().saturating_sub(idle));
+                    }
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                most
+            }
+        });
+        Self {
+            measuring,
+            done,
+            most,
+        }
+    }
+
+    /// The most connections in use at once while measuring.
+    async fn stop(self) -> u32 {
+        self.done.store(true, Ordering::Relaxed);
+        self.most.await.unwrap()
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_burst_of_logins_holds_no_more_connections_than_its_turns(pool: PgPool) {
+    // A pool with room for every login of the burst, so only the turns
+    // can keep them from taking it all.
+    let turns = password_turns();
+    let app = app_with_a_wide_pool(&pool, turns).await;
     app.register_company("Acme").await;
 
-    let done = Arc::new(AtomicBool::new(false));
-    let most_in_use = tokio::spawn({
-        let (pool, done) = (app.pool.clone(), done.clone());
-        async move {
-            let mut most = 0;
-            while !done.load(Ordering::Relaxed) {
-                let idle = u32::try_from(pool.num_idle()).unwrap();
-                most = most.max(pool.size().saturating_sub(idle));
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-            most
-        }
-    });
+    let watch = ConnectionWatch::start(&app.pool, true);
     let logins =
         futures::future::join_all((0..20).map(|_| app.login("acme-admin", PASSWORD))).await;
-    done.store(true, Ordering::Relaxed);
+    let most = watch.stop().await;
     for response in logins {
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let most = most_in_use.await.unwrap();
     // A connection goes back to the pool on a task of its own after its
     // login's turn ends, so the next login may briefly overlap it.
     assert!(
@@ -219,12 +252,7 @@ async fn a_burst_of_logins_holds_no_more_connections_than_its_turns(pool: PgPool
 #[sqlx::test(migrations = false)]
 async fn a_burst_of_password_changes_waits_for_its_hashes_holding_no_connection(pool: PgPool) {
     let turns = password_turns();
-    let wide = PgPoolOptions::new()
-        .max_connections(turns + 20)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .unwrap();
-    let app = TestApp::spawn(wide).await;
+    let app = app_with_a_wide_pool(&pool, turns).await;
     let admin = app.register_company("Acme").await;
     let user = app.create_user(&admin, "alice", "USER").await;
     let path = format!("/api/users/{}", user.user_id);
@@ -238,22 +266,7 @@ async fn a_burst_of_password_changes_waits_for_its_hashes_holding_no_connection(
     while app.pool.num_idle() < app.pool.size() as usize {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let measuring = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicBool::new(false));
-    let most_in_use = tokio::spawn({
-        let (pool, measuring, done) = (app.pool.clone(), measuring.clone(), done.clone());
-        async move {
-            let mut most = 0;
-            while !done.load(Ordering::Relaxed) {
-                if measuring.load(Ordering::Relaxed) {
-                    let idle = u32::try_from(pool.num_idle()).unwrap();
-                    most = most.max(pool.size().saturating_sub(idle));
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-            most
-        }
-    });
+    let watch = ConnectionWatch::start(&app.pool, false);
     let mut changes: futures::stream::FuturesUnordered<_> = (0..20)
         .map(|i| {
             let body = serde_json::json!({"password": format!("{PASSWORD} {i}")});
@@ -265,12 +278,11 @@ async fn a_burst_of_password_changes_waits_for_its_hashes_holding_no_connection(
     while let Some(status) = futures::StreamExt::next(&mut changes).await {
         statuses.push(status);
         if statuses.len() == 3 {
-            measuring.store(true, Ordering::Relaxed);
+            watch.measuring.store(true, Ordering::Relaxed);
         }
     }
-    done.store(true, Ordering::Relaxed);
+    let most = watch.stop().await;
     assert_eq!(statuses, vec![StatusCode::OK; 20]);
-    let most = most_in_use.await.unwrap();
     assert!(
         (1..=turns + 2).contains(&most),
         "{most} connections in use at once while 17 password changes waited, with {turns} turns"
