@@ -100,19 +100,17 @@ impl FromRequestParts<AppState> for AuthUser {
                 ),
                 _ => ApiError::Unauthorized("invalid or expired token".into()),
             })?;
-        // One primary-key lookup, on every request: its plan is worth keeping.
-        let mut tx =
-            db::begin_tenant_with(&state.pool, claims.company_id, db::Plans::Reused).await?;
-        let user = match db::users::find_user(&mut tx, claims.company_id, claims.sub).await {
-            Ok(user) => user,
-            Err(db::DbError::NotFound(_)) => {
-                return Err(ApiError::Unauthorized(
-                    "the token's user no longer exists".into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        tx.commit().await.map_err(db::DbError::from)?;
+        // On every request: one statement, its plan kept.
+        let user =
+            match db::users::find_token_user(&state.pool, claims.company_id, claims.sub).await {
+                Ok(user) => user,
+                Err(db::DbError::NotFound(_)) => {
+                    return Err(ApiError::Unauthorized(
+                        "the token's user no longer exists".into(),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
         if user.token_version != claims.ver || user.role != claims.role {
             return Err(ApiError::Unauthorized(
                 "the token predates a password or role change; log in again".into(),

@@ -206,7 +206,8 @@ fn plan_actions(
 /// Writes every valid request of `requests` as a PENDING ticket with its
 /// actions, the first action's queue job and a `ticket.created` audit row,
 /// in the caller's transaction, which must admit the rows of every
-/// request's company (see [`db::begin_tenants`]). Returns one result per
+/// request's company and be planned by key (see [`db::begin_tenants`] and
+/// [`db::Plans::Keyed`]). Returns one result per
 /// request, in order: a request that fails validation gets its 422 and
 /// writes nothing. The outer `Err` fails them all (a database failure): the
 /// caller rolls back, and nothing of any request is kept.
@@ -230,8 +231,8 @@ pub async fn create_tickets(
     // Every statement of the batch names its rows by key: the requests'
     // integrations, each company's backlog through its index, the inserts
     // and the foreign-key checks they fire, one per row. Each keeps one
-    // plan per connection (BENCHMARKS.md).
-    db::plan(conn, db::Plans::Keyed).await?;
+    // plan per connection (BENCHMARKS.md): the caller's transaction is
+    // planned by key.
     let integrations: HashMap<(Uuid, Uuid), _> = db::integrations::find_integrations(conn, &keys)
         .await?
         .into_iter()
@@ -443,7 +444,7 @@ async fn commit(
     let mut companies: Vec<Uuid> = requests.iter().map(|r| r.user.company_id).collect();
     companies.sort_unstable();
     companies.dedup();
-    let mut tx = db::begin_tenants(pool, &companies).await?;
+    let mut tx = db::begin_tenants(pool, &companies, db::Plans::Keyed).await?;
     let results = create_tickets(&mut tx, config, backlogs, requests).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(results)

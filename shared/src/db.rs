@@ -157,9 +157,84 @@ pub async fn begin_tenant_with(
     company_id: Uuid,
     plans: Plans,
 ) -> Result<Transaction<'static, Postgres>, DbError> {
-    let mut tx = pool.begin().await?;
-    scope_as_app(&mut tx, "app.company_id", company_id.to_string(), plans).await?;
-    Ok(tx)
+    Ok(begin_scoped(pool, Scope::Company(company_id), plans).await?)
+}
+
+/// Starts a transaction of the pool's own role (no tenant scope), with its
+/// statements planned as `plans` says: the queue's bookkeeping.
+///
+/// # Errors
+/// When no connection can be had or the setting cannot be applied, as sqlx
+/// reports it (the apalis backend hands it on in its own error type).
+pub async fn begin_planned(
+    pool: &PgPool,
+    plans: Plans,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    begin_scoped(pool, Scope::Pool, plans).await
+}
+
+/// Whom a transaction of [`begin_scoped`] acts for.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    /// The pool's own role, no tenant setting.
+    Pool,
+    /// [`APP_ROLE`] and `app.company_id`.
+    Company(Uuid),
+    /// [`APP_ROLE`] and `app.company_ids`.
+    Companies(&'a [Uuid]),
+}
+
+/// Starts a transaction whose settings (role, tenant scope, plan mode) are
+/// applied by the same round trip as its `BEGIN`: one simple query,
+/// `BEGIN; SELECT set_config(..), ..`, where the settings had been one or
+/// two statements after it.
+///
+/// A round trip costs PostgreSQL about 40 µs of CPU whatever it carries,
+/// and at the rates where batches hold a row or two a ticket's transactions
+/// made about thirty of them (BENCHMARKS.md). The values are written into the
+/// statement's text, so only values of ours go there: ids, which print as
+/// hexadecimal digits and dashes, and constants. Anything a client sent is
+/// bound as a parameter instead ([`begin_login_lookup`]).
+async fn begin_scoped(
+    pool: &PgPool,
+    scope: Scope<'_>,
+    plans: Plans,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    use std::fmt::Write as _;
+    let mut begin = String::from("BEGIN; SELECT ");
+    let tenant = match scope {
+        Scope::Pool => None,
+        Scope::Company(id) => Some(("app.company_id", id.to_string())),
+        Scope::Companies(ids) => Some(("app.company_ids", company_list(ids))),
+    };
+    if let Some((setting, value)) = tenant {
+        // Writing to a String cannot fail.
+        let _ = write!(
+            begin,
+            "set_config('{setting}', '{value}', true), set_config('role', '{APP_ROLE}', true), "
+        );
+    }
+    let _ = write!(
+        begin,
+        "set_config('plan_cache_mode', '{}', true), set_config('enable_seqscan', '{scans}', true), \
+         set_config('enable_bitmapscan', '{scans}', true), set_config('enable_hashjoin', '{scans}', true), \
+         set_config('enable_mergejoin', '{scans}', true)",
+        plans.setting(),
+        scans = plans.whole_scans(),
+    );
+    pool.begin_with(sqlx::AssertSqlSafe(begin)).await
+}
+
+/// `company_ids` as a PostgreSQL array literal, for `app.company_ids`.
+fn company_list(company_ids: &[Uuid]) -> String {
+    format!(
+        "{{{}}}",
+        company_ids
+            .iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    )
 }
 
 /// How the statements of a transaction are planned: PostgreSQL's
@@ -219,11 +294,6 @@ impl Plans {
 /// # Errors
 /// When the setting cannot be applied.
 pub async fn plan(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), DbError> {
-    Ok(set_plans(conn, plans).await?)
-}
-
-/// [`plan`], with sqlx's error, for the queue functions that report it.
-async fn set_plans(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), sqlx::Error> {
     sqlx::query(
         "SELECT set_config('plan_cache_mode', $1, true), set_config('enable_seqscan', $2, true),
                 set_config('enable_bitmapscan', $2, true), set_config('enable_hashjoin', $2, true),
@@ -237,45 +307,39 @@ async fn set_plans(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), sq
 }
 
 /// Starts a transaction scoped to several companies at once: role
-/// `txdx_app`, `app.company_ids` set to exactly `company_ids`.
+/// `txdx_app`, `app.company_ids` set to exactly `company_ids`, its
+/// statements planned as `plans` says.
 ///
 /// The batches use it: the worker's (one transaction records the claims or
 /// outcomes of many jobs of different companies) and the api's new tickets
-/// (`TicketWriter`); the `*_batch_scope` policies (migrations 0022, 0025,
-/// 0026) admit these companies' rows on the tables those batches touch.
-/// Every statement still names each row's own company.
+/// (`TicketWriter`), both with [`Plans::Keyed`]; the `*_batch_scope`
+/// policies (migrations 0022, 0025, 0026) admit these companies' rows on
+/// the tables those batches touch. Every statement still names each row's
+/// own company.
 ///
 /// # Errors
 /// When no connection can be had or the settings cannot be applied.
 pub async fn begin_tenants(
     pool: &PgPool,
     company_ids: &[Uuid],
+    plans: Plans,
 ) -> Result<Transaction<'static, Postgres>, DbError> {
-    let mut tx = pool.begin().await?;
-    scope_tenants(&mut tx, company_ids).await?;
-    Ok(tx)
+    Ok(begin_scoped(pool, Scope::Companies(company_ids), plans).await?)
 }
 
-/// Scopes the rest of an open transaction to `company_ids`, as
-/// [`begin_tenants`] does at its start: the worker's fetch takes its jobs
-/// from the queue as the pool's role, then claims them in the same
-/// transaction under this scope.
+/// Scopes the rest of an open transaction to `company_ids`, planned as
+/// `plans` says, as [`begin_tenants`] does at its start: the worker's fetch
+/// takes its jobs from the queue as the pool's role, then claims them in the
+/// same transaction under this scope.
 ///
 /// # Errors
 /// When the settings cannot be applied.
 pub async fn scope_tenants(
     conn: &mut sqlx::PgConnection,
     company_ids: &[Uuid],
+    plans: Plans,
 ) -> Result<(), DbError> {
-    let scope = format!(
-        "{{{}}}",
-        company_ids
-            .iter()
-            .map(Uuid::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    scope_as_app(conn, "app.company_ids", scope, Plans::PerExecution).await
+    scope_as_app(conn, "app.company_ids", company_list(company_ids), plans).await
 }
 
 /// Starts a transaction as the app role that may see exactly one user row by
@@ -300,7 +364,7 @@ pub async fn begin_login_lookup(
 
 /// Switches an open transaction to [`APP_ROLE`] with one scoping setting and
 /// a plan mode, all transaction-local, so nothing reaches the next user of
-/// the connection.
+/// the connection. One statement, its values bound.
 async fn scope_as_app(
     conn: &mut sqlx::PgConnection,
     setting: &'static str,
@@ -308,12 +372,15 @@ async fn scope_as_app(
     plans: Plans,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "SELECT set_config($1, $2, true), set_config('role', $3, true), set_config('plan_cache_mode', $4, true)",
+        "SELECT set_config($1, $2, true), set_config('role', $3, true), set_config('plan_cache_mode', $4, true),
+                set_config('enable_seqscan', $5, true), set_config('enable_bitmapscan', $5, true),
+                set_config('enable_hashjoin', $5, true), set_config('enable_mergejoin', $5, true)",
     )
     .bind(setting)
     .bind(value)
     .bind(APP_ROLE)
     .bind(plans.setting())
+    .bind(plans.whole_scans())
     .execute(conn)
     .await?;
     Ok(())

@@ -76,7 +76,9 @@ async fn claim_batch(
     let mut companies: Vec<Uuid> = jobs.iter().map(|j| j.company_id).collect();
     companies.sort();
     companies.dedup();
-    let mut tx = db::begin_tenants(pool, &companies).await.unwrap();
+    let mut tx = db::begin_tenants(pool, &companies, db::Plans::Keyed)
+        .await
+        .unwrap();
     let claimed = db::actions::claim_batch(&mut tx, jobs).await.unwrap();
     tx.commit().await.unwrap();
     claimed
@@ -217,7 +219,9 @@ async fn one_batch_records_outcomes_like_the_one_by_one_path(pool: PgPool) {
         // Another worker owns attempt 1 now: this outcome must not land.
         item(&fenced, 1, ok()),
     ];
-    let mut tx = db::begin_tenants(&pool, &[a, b]).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[a, b], db::Plans::Keyed)
+        .await
+        .unwrap();
     let recorded = db::actions::record_batch(&mut tx, &items).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
@@ -344,7 +348,9 @@ async fn without_statistics_a_large_batch_reads_its_tickets_actions_by_key(pool:
             .fetch_all(&pool)
             .await
             .unwrap();
-    let mut tx = db::begin_tenants(&pool, &[a]).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[a], db::Plans::PerExecution)
+        .await
+        .unwrap();
     // The backend's sequential scans of the table not yet reported
     // (earlier statements on this connection count too).
     let seq_scans = "SELECT pg_stat_get_xact_numscans('ticket_actions'::regclass)";
@@ -380,7 +386,9 @@ async fn with_a_finished_history_analysed_a_backlog_count_reads_its_own_company_
         .unwrap();
     seed_one_action_tickets(&pool, b, b_fw, 5_000, "PENDING", "PENDING").await;
     seed_one_action_tickets(&pool, a, a_fw, 10, "PENDING", "PENDING").await;
-    let mut tx = db::begin_tenants(&pool, &[a]).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[a], db::Plans::PerExecution)
+        .await
+        .unwrap();
     // Index entries of ticket_actions read by this backend so far.
     let read = "SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid))::bigint
                 FROM pg_index WHERE indrelid = 'ticket_actions'::regclass";
@@ -397,7 +405,9 @@ async fn with_a_finished_history_analysed_a_backlog_count_reads_its_own_company_
         after - before
     );
     // A backlog above the cap stops at the cap.
-    let mut tx = db::begin_tenants(&pool, &[b]).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[b], db::Plans::PerExecution)
+        .await
+        .unwrap();
     let before: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
     let backlogs = db::actions::company_backlogs(&mut tx, &[b]).await.unwrap();
     let after: i64 = sqlx::query_scalar(read).fetch_one(&mut *tx).await.unwrap();
@@ -425,7 +435,9 @@ async fn a_claim_reads_each_action_of_its_batch_a_bounded_number_of_times(pool: 
     for _ in 0..64 {
         jobs.extend(ticket(&pool, a, a_fw, 1).await);
     }
-    let mut tx = db::begin_tenants(&pool, &[a]).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[a], db::Plans::Keyed)
+        .await
+        .unwrap();
     sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
         .execute(&mut *tx)
         .await
@@ -451,7 +463,9 @@ async fn a_ticket_derived_while_its_action_is_being_claimed_waits_for_the_claim(
     let (a, a_fw) = company(&pool, "alpha", json!({})).await;
     let jobs = ticket(&pool, a, a_fw, 2).await;
     // The claim of the first action is made and not yet committed.
-    let mut claim = db::begin_tenants(&pool, &[a]).await.unwrap();
+    let mut claim = db::begin_tenants(&pool, &[a], db::Plans::Keyed)
+        .await
+        .unwrap();
     let claimed = db::actions::claim_batch(&mut claim, &jobs[..1])
         .await
         .unwrap();
@@ -607,7 +621,9 @@ fn successes(
 /// or company was scanned to reach rows the batch names by key, and that
 /// every ticket is EXECUTED.
 async fn claim_and_record_by_key(pool: &PgPool, company: Uuid, jobs: &[ActionJob]) {
-    let mut tx = db::begin_tenants(pool, &[company]).await.unwrap();
+    let mut tx = db::begin_tenants(pool, &[company], db::Plans::Keyed)
+        .await
+        .unwrap();
     // A worker's connection runs these statements thousands of times, and
     // after five PostgreSQL plans a prepared statement generically, for
     // any parameters: plan them that way here.
@@ -661,7 +677,9 @@ async fn claim_and_record_on(
          WHERE indrelid IN ({tables}) ORDER BY 1"
     );
     let mut tx = conn.begin().await.unwrap();
-    db::scope_tenants(&mut tx, &[company]).await.unwrap();
+    db::scope_tenants(&mut tx, &[company], db::Plans::Keyed)
+        .await
+        .unwrap();
     let seq_before: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(seq_scans.clone()))
         .fetch_one(&mut *tx)
         .await

@@ -860,7 +860,7 @@ async fn an_ack_writes_the_row_apalis_writes_and_only_for_the_worker_holding_the
 }
 
 #[sqlx::test(migrations = false)]
-async fn job_ends_are_found_by_primary_key_in_a_transaction_that_reuses_plans_after_the_table_grew(
+async fn job_ends_are_found_by_primary_key_with_plans_kept_from_before_the_table_grew(
     pool: PgPool,
 ) {
     db::migrate(&pool).await.unwrap();
@@ -879,14 +879,14 @@ async fn job_ends_are_found_by_primary_key_in_a_transaction_that_reuses_plans_af
     };
     // One connection, as a worker's outcome batches reuse theirs. Its first
     // job ends are written while the table holds a few rows, in
-    // transactions that reuse plans: enough executions for PostgreSQL to
-    // settle on a generic plan if it may (the job ends plan once, by key,
-    // whatever the transaction's mode).
+    // transactions planned by key as the worker's are (`Plans::Keyed`): the
+    // plan is made then and kept. With PostgreSQL's own choice (`Reused`)
+    // the kept plan read the whole table once it had grown.
     let mut conn = pool.acquire().await.unwrap();
     for _ in 0..8 {
         let id = running_job(&pool, "w").await;
         let mut tx = conn.begin().await.unwrap();
-        db::plan(&mut tx, db::Plans::Reused).await.unwrap();
+        db::plan(&mut tx, db::Plans::Keyed).await.unwrap();
         assert_eq!(
             apalis_queue::finish_jobs(&mut tx, &[end(id)], "w")
                 .await
@@ -907,7 +907,7 @@ async fn job_ends_are_found_by_primary_key_in_a_transaction_that_reuses_plans_af
 
     let id = running_job(&pool, "w").await;
     let mut tx = conn.begin().await.unwrap();
-    db::plan(&mut tx, db::Plans::Reused).await.unwrap();
+    db::plan(&mut tx, db::Plans::Keyed).await.unwrap();
     // The backend's reads of the table not yet reported, before and after.
     let reads = "SELECT seq_scan, seq_tup_read, idx_scan FROM pg_stat_xact_user_tables
                  WHERE schemaname = 'apalis' AND relname = 'jobs'";

@@ -267,7 +267,9 @@ async fn a_batch_sees_exactly_the_companies_it_names_and_only_in_its_tables(pool
         } else {
             "company_id"
         };
-        let mut tx = db::begin_tenants(&pool, &[a, b]).await.unwrap();
+        let mut tx = db::begin_tenants(&pool, &[a, b], db::Plans::PerExecution)
+            .await
+            .unwrap();
         let mut seen: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT DISTINCT {key} FROM {table}"
         )))
@@ -287,7 +289,9 @@ async fn a_batch_sees_exactly_the_companies_it_names_and_only_in_its_tables(pool
     }
 
     // It writes only for the companies it names.
-    let mut tx = db::begin_tenants(&pool, &[a, b]).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[a, b], db::Plans::PerExecution)
+        .await
+        .unwrap();
     let err = sqlx::query("INSERT INTO audit_logs (company_id, action, entity_type) VALUES ($1, 'smuggled', 'ticket')")
         .bind(c)
         .execute(&mut *tx)
@@ -295,7 +299,9 @@ async fn a_batch_sees_exactly_the_companies_it_names_and_only_in_its_tables(pool
         .unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
     tx.rollback().await.unwrap();
-    let mut tx = db::begin_tenants(&pool, &[a]).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[a], db::Plans::PerExecution)
+        .await
+        .unwrap();
     let moved = sqlx::query("UPDATE tickets SET subject = 'moved' WHERE company_id = $1")
         .bind(b)
         .execute(&mut *tx)
@@ -305,7 +311,9 @@ async fn a_batch_sees_exactly_the_companies_it_names_and_only_in_its_tables(pool
     tx.rollback().await.unwrap();
 
     // Naming no company sees nothing (fails closed).
-    let mut tx = db::begin_tenants(&pool, &[]).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &[], db::Plans::PerExecution)
+        .await
+        .unwrap();
     for table in BATCH_SCOPE_TABLES {
         let n: i64 =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
@@ -328,7 +336,9 @@ async fn a_batch_checks_each_row_against_a_hash_of_the_companies_it_names(pool: 
     seed_company(&pool, "bravo").await;
     let mut named: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
     named.push(a);
-    let mut tx = db::begin_tenants(&pool, &named).await.unwrap();
+    let mut tx = db::begin_tenants(&pool, &named, db::Plans::PerExecution)
+        .await
+        .unwrap();
     for table in BATCH_SCOPE_TABLES {
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT company_id FROM {table} WHERE company_id = $1"
@@ -387,6 +397,138 @@ async fn tenant_settings_do_not_leak_to_the_next_user_of_a_pooled_connection(poo
         .await
         .unwrap();
     assert_ne!(role, db::APP_ROLE);
+}
+
+/// What a connection's session says of whom it acts for and how it plans:
+/// (current user, `app.company_id`, `app.company_ids`, `plan_cache_mode`,
+/// `enable_seqscan`, `enable_hashjoin`).
+async fn session_scope(conn: &mut sqlx::PgConnection) -> [String; 6] {
+    let row: (String, String, String, String, String, String) = sqlx::query_as(
+        "SELECT current_user::text, coalesce(current_setting('app.company_id', true), ''),
+                coalesce(current_setting('app.company_ids', true), ''),
+                current_setting('plan_cache_mode'), current_setting('enable_seqscan'),
+                current_setting('enable_hashjoin')",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    [row.0, row.1, row.2, row.3, row.4, row.5]
+}
+
+/// Each way into a transaction of ours sets the role, the tenant scope and
+/// the plan mode with its `BEGIN`, in one round trip, and none of it
+/// outlives the transaction, committed or rolled back.
+#[sqlx::test(migrations = false)]
+async fn a_transaction_starts_with_its_scope_and_plan_mode_and_leaves_neither_behind(pool: PgPool) {
+    use sqlx::Connection as _;
+    db::migrate(&pool).await.unwrap();
+    let a = seed_company(&pool, "alpha").await;
+    let b = seed_company(&pool, "bravo").await;
+    // One connection of ours, so every transaction below reuses it.
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db::session_options((*pool.connect_options()).clone()))
+        .await
+        .unwrap();
+    let mut conn = single.acquire().await.unwrap();
+    let idle = session_scope(&mut conn).await;
+    drop(conn);
+    let login = idle[0].clone();
+    assert_ne!(login, db::APP_ROLE);
+    let expect = |user: &str, company: String, companies: String, keyed: bool| {
+        let (mode, scans) = if keyed {
+            ("force_generic_plan", "off")
+        } else {
+            ("force_custom_plan", "on")
+        };
+        [
+            user.to_string(),
+            company,
+            companies,
+            mode.to_string(),
+            scans.to_string(),
+            scans.to_string(),
+        ]
+    };
+    assert_eq!(idle, expect(&login, String::new(), String::new(), false));
+    let both = if a < b {
+        format!("{{{a},{b}}}")
+    } else {
+        format!("{{{b},{a}}}")
+    };
+    let mut pair = [a, b];
+    pair.sort_unstable();
+
+    let mut tx = db::begin_tenant_with(&single, a, db::Plans::Keyed)
+        .await
+        .unwrap();
+    let expected = expect(db::APP_ROLE, a.to_string(), String::new(), true);
+    assert_eq!(session_scope(&mut tx).await, expected);
+    tx.rollback().await.unwrap();
+
+    let mut tx = db::begin_tenants(&single, &pair, db::Plans::Keyed)
+        .await
+        .unwrap();
+    let expected = expect(db::APP_ROLE, String::new(), both, true);
+    assert_eq!(session_scope(&mut tx).await, expected);
+    tx.commit().await.unwrap();
+
+    let mut tx = db::begin_tenant(&single, b).await.unwrap();
+    let expected = expect(db::APP_ROLE, b.to_string(), String::new(), false);
+    assert_eq!(session_scope(&mut tx).await, expected);
+    tx.commit().await.unwrap();
+
+    let mut tx = db::begin_planned(&single, db::Plans::Keyed).await.unwrap();
+    let expected = expect(&login, String::new(), String::new(), true);
+    assert_eq!(session_scope(&mut tx).await, expected);
+    tx.commit().await.unwrap();
+
+    let mut conn = single.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    db::scope_tenants(&mut tx, &[a], db::Plans::Keyed)
+        .await
+        .unwrap();
+    let expected = expect(db::APP_ROLE, String::new(), format!("{{{a}}}"), true);
+    assert_eq!(session_scope(&mut tx).await, expected);
+    tx.rollback().await.unwrap();
+
+    assert_eq!(session_scope(&mut conn).await, idle);
+}
+
+/// The api's token check reads the token's user under the token's company,
+/// as the app role, in one statement outside any transaction
+/// (`db::users::find_token_user`, migration 0032), and leaves neither the
+/// role nor the company on the connection.
+#[sqlx::test(migrations = false)]
+async fn the_token_check_finds_its_companys_user_only_and_leaves_no_scope_behind(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let a = seed_company(&pool, "alpha").await;
+    let b = seed_company(&pool, "bravo").await;
+    let a_admin: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE company_id = $1")
+        .bind(a)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db::session_options((*pool.connect_options()).clone()))
+        .await
+        .unwrap();
+    let mut conn = single.acquire().await.unwrap();
+    let idle = session_scope(&mut conn).await;
+    drop(conn);
+
+    let user = db::users::find_token_user(&single, a, a_admin)
+        .await
+        .unwrap();
+    assert_eq!((user.id, user.company_id), (a_admin, a));
+    assert_eq!(user.username, "alpha-admin");
+    assert!(matches!(
+        db::users::find_token_user(&single, b, a_admin).await,
+        Err(db::DbError::NotFound("user"))
+    ));
+    let mut conn = single.acquire().await.unwrap();
+    assert_eq!(session_scope(&mut conn).await, idle);
 }
 
 #[sqlx::test(migrations = false)]

@@ -245,7 +245,7 @@ async fn claim_alone(
 pub async fn claim_jobs(pool: PgPool, jobs: Vec<ActionJob>) -> Vec<Option<Claimed>> {
     let companies = distinct(jobs.iter().map(|j| j.company_id));
     let claimed = async {
-        let mut tx = db::begin_tenants(&pool, &companies).await?;
+        let mut tx = db::begin_tenants(&pool, &companies, db::Plans::Keyed).await?;
         let claimed = db::actions::claim_batch(&mut tx, &jobs).await?;
         tx.commit().await?;
         Ok::<_, db::DbError>(claimed)
@@ -281,7 +281,7 @@ pub async fn record_outcomes(
     let (outcomes, jobs): (Vec<AttemptOutcome>, Vec<JobDelivery>) =
         items.into_iter().map(|i| (i.outcome, i.job)).unzip();
     let batch = async {
-        let mut tx = db::begin_tenants(&pool, &companies).await?;
+        let mut tx = db::begin_tenants(&pool, &companies, db::Plans::Keyed).await?;
         let recorded = db::actions::record_batch(&mut tx, &outcomes).await?;
         // One statement per apalis worker (a process has one action worker,
         // renamed only when its loop restarts).

@@ -126,7 +126,7 @@ impl ActionFetch {
             return Ok(tasks);
         }
         let companies = distinct(jobs.iter().map(|j| j.company_id));
-        db::scope_tenants(&mut tx, &companies).await?;
+        db::scope_tenants(&mut tx, &companies, db::Plans::Keyed).await?;
         let claimed = db::actions::claim_batch(&mut tx, &jobs).await?;
         tx.commit().await.map_err(db::DbError::from)?;
         self.preclaimed.put(claimed);
@@ -136,7 +136,7 @@ impl ActionFetch {
     /// [`db::actions::release_claims`] in a transaction of its own.
     async fn release(&self, claims: &[Claimed]) -> Result<u64, db::DbError> {
         let companies = distinct(claims.iter().map(|c| c.action.company_id));
-        let mut tx = db::begin_tenants(&self.pool, &companies).await?;
+        let mut tx = db::begin_tenants(&self.pool, &companies, db::Plans::PerExecution).await?;
         let released = db::actions::release_claims(&mut tx, claims).await?;
         tx.commit().await?;
         Ok(released)
@@ -311,7 +311,7 @@ impl Persistence for ActionFetch {
         metrics::counter!("txdx_worker_job_ends_total", "written" => "by_ack")
             .increment(ends.len() as u64);
         let _timer = StageTimer::start("ack");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin_planned(&self.pool, db::Plans::Keyed).await?;
         db::apalis_queue::finish_jobs(&mut tx, &ends, worker.name()).await?;
         tx.commit().await?;
         Ok(())

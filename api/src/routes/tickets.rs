@@ -417,6 +417,7 @@ async fn create_idempotent(
         tx.commit().await.map_err(db::DbError::from)?;
         return Ok((Created { ticket, actions }, true));
     }
+    db::plan(&mut tx, db::Plans::Keyed).await?;
     let created = create_tickets(
         &mut tx,
         &state.config,

@@ -509,9 +509,9 @@ pub struct Claimed {
 /// (finished, cancelled, ticket closed, a crashed attempt left RUNNING,
 /// limits to apply, the integration deleted) is left untouched: pass it to
 /// [`start_attempt`], which handles each case. Call in a transaction from
-/// [`crate::db::begin_tenants`] naming every job's company; commit before
-/// running the providers. The transaction is left planning by key
-/// ([`super::Plans::Keyed`]).
+/// [`crate::db::begin_tenants`] (or scoped by [`crate::db::scope_tenants`])
+/// naming every job's company and planned by key
+/// ([`super::Plans::Keyed`]); commit before running the providers.
 ///
 /// # Errors
 /// Database failures.
@@ -524,8 +524,8 @@ pub async fn claim_batch(
     }
     let action_ids: Vec<Uuid> = jobs.iter().map(|j| j.action_id).collect();
     let company_ids: Vec<Uuid> = jobs.iter().map(|j| j.company_id).collect();
-    // Both statements reach every row by its key: planned once per connection.
-    super::plan(conn, super::Plans::Keyed).await?;
+    // Both statements reach every row by its key: planned once per
+    // connection, as the caller's transaction is (`Plans::Keyed`).
     let returning = ACTION_COLUMNS
         .split(", ")
         .map(|c| format!("a.{c}"))
@@ -662,10 +662,12 @@ pub struct AttemptOutcome {
 /// for the next actions and one push of their jobs, the slot wake-ups, one
 /// settle of the finished tickets, and last one insert of the audit rows of
 /// both the actions and the tickets, each planned once per connection and
-/// by key ([`super::Plans::Keyed`]; the transaction stays in that mode).
-/// Other outcomes go through [`record_outcome`] one by one in the same
-/// transaction. The results come back in the order of `items`. Call in a
-/// transaction from [`crate::db::begin_tenants`] naming every item's company.
+/// by key ([`super::Plans::Keyed`]). Other outcomes go through
+/// [`record_outcome`] one by one in the same transaction, their statements
+/// planned per execution. The results come back in the order of `items`.
+/// Call in a transaction from [`crate::db::begin_tenants`] naming every
+/// item's company and planned by key: a batch of successes, the common
+/// case, then changes no setting.
 ///
 /// # Errors
 /// Database failures (the caller's transaction then rolls back, and nothing
@@ -676,6 +678,7 @@ pub async fn record_batch(
 ) -> Result<Vec<Recorded>, DbError> {
     let mut results: Vec<Option<Recorded>> = vec![None; items.len()];
     let mut successes: Vec<Success<'_>> = Vec::new();
+    let mut keyed = true;
     for (index, item) in items.iter().enumerate() {
         match &item.outcome {
             Outcome::Succeeded { result } => successes.push(Success {
@@ -685,12 +688,19 @@ pub async fn record_batch(
                 result: storable_json_ref(result),
             }),
             other => {
+                if keyed {
+                    super::plan(conn, super::Plans::PerExecution).await?;
+                    keyed = false;
+                }
                 results[index] =
                     Some(record_outcome(conn, &item.action, item.attempt, other.clone()).await?);
             }
         }
     }
     if !successes.is_empty() {
+        if !keyed {
+            super::plan(conn, super::Plans::Keyed).await?;
+        }
         let written = record_successes(conn, &successes).await?;
         for success in &successes {
             results[success.index] = Some(match written.get(&success.action.id) {
@@ -706,13 +716,15 @@ pub async fn record_batch(
 }
 
 /// One success through [`record_successes`]: the same compare-and-set,
-/// chaining and settling as a batch of one. `None`: fenced.
+/// chaining and settling as a batch of one. `None`: fenced. The rest of the
+/// transaction is planned by key.
 async fn record_success(
     conn: &mut PgConnection,
     action: &TicketAction,
     attempt: i32,
     result: Cow<'_, serde_json::Value>,
 ) -> Result<Option<TicketStatus>, DbError> {
+    super::plan(conn, super::Plans::Keyed).await?;
     let success = Success {
         index: 0,
         action,
@@ -742,8 +754,8 @@ async fn record_successes(
     let attempts: Vec<i32> = successes.iter().map(|s| s.attempt).collect();
     let payloads: Vec<&serde_json::Value> = successes.iter().map(|s| s.result.as_ref()).collect();
     // Every statement below reaches its rows by the keys the batch names:
-    // each is planned once per connection, for any batch and table size.
-    super::plan(conn, super::Plans::Keyed).await?;
+    // each is planned once per connection, for any batch and table size
+    // (the caller has the transaction planned `Plans::Keyed`).
     // The batch's updates join their rows by key alone. With a second
     // `a.id = ANY($1)` and statistics that say almost nothing is RUNNING
     // (a long finished history), the planner expected one row from the

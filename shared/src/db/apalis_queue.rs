@@ -237,8 +237,9 @@ impl JobEnd {
 /// step (a row has one `lock_by`, so no second worker's ack competes for
 /// it).
 ///
-/// The statement is planned once per connection and by key, whatever plan
-/// mode the transaction is in ([`super::Plans::Keyed`]). A plan PostgreSQL
+/// Call in a transaction planned by key ([`super::Plans::Keyed`]: the
+/// outcome batch's, or one from [`super::begin_planned`]), so the statement
+/// is planned once per connection and by key. A plan PostgreSQL
 /// reuses is made for the table as it was then: with hash joins allowed,
 /// one made while `apalis.jobs` held a few rows read the whole table ever
 /// after (under a steady 300 tickets/s, 8 ms and 487 buffers a call, more
@@ -260,7 +261,6 @@ pub async fn finish_jobs<'a>(
     let attempts: Vec<i32> = sorted.iter().map(|e| e.attempt).collect();
     let statuses: Vec<&str> = sorted.iter().map(|e| e.status.as_str()).collect();
     let results: Vec<&serde_json::Value> = sorted.iter().map(|e| &e.result).collect();
-    super::set_plans(&mut *conn, super::Plans::Keyed).await?;
     let written = sqlx::query(
         "UPDATE apalis.jobs AS jobs
          SET status = e.status, attempts = e.attempt, last_result = e.result, done_at = now()

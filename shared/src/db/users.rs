@@ -1,6 +1,6 @@
 //! Company users.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::DbError;
@@ -99,6 +99,26 @@ pub async fn find_user(
     .bind(id)
     .bind(company_id)
     .fetch_optional(conn)
+    .await?
+    .ok_or(DbError::NotFound("user"))
+}
+
+/// The user an access token names, read under the token's company as the
+/// app role (row-level security applies, as in a [`super::begin_tenant`]
+/// transaction), in one statement and one round trip: `token_user`
+/// (migration 0032) sets its own scope for its own implicit transaction, so
+/// this takes a connection of the pool and no transaction. Its plan is kept
+/// (one primary-key lookup).
+///
+/// # Errors
+/// [`DbError::NotFound`] when the company has no such user.
+pub async fn find_token_user(pool: &PgPool, company_id: Uuid, id: Uuid) -> Result<User, DbError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM token_user($1, $2)"
+    )))
+    .bind(company_id)
+    .bind(id)
+    .fetch_optional(pool)
     .await?
     .ok_or(DbError::NotFound("user"))
 }
