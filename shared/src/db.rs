@@ -200,28 +200,17 @@ async fn begin_scoped(
     scope: Scope<'_>,
     plans: Plans,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    use std::fmt::Write as _;
-    let mut begin = String::from("BEGIN; SELECT ");
     let tenant = match scope {
         Scope::Pool => None,
         Scope::Company(id) => Some(("app.company_id", id.to_string())),
         Scope::Companies(ids) => Some(("app.company_ids", company_list(ids))),
     };
-    if let Some((setting, value)) = tenant {
-        // Writing to a String cannot fail.
-        let _ = write!(
-            begin,
+    let scope = tenant.map_or_else(String::new, |(setting, value)| {
+        format!(
             "set_config('{setting}', '{value}', true), set_config('role', '{APP_ROLE}', true), "
-        );
-    }
-    let _ = write!(
-        begin,
-        "set_config('plan_cache_mode', '{}', true), set_config('enable_seqscan', '{scans}', true), \
-         set_config('enable_bitmapscan', '{scans}', true), set_config('enable_hashjoin', '{scans}', true), \
-         set_config('enable_mergejoin', '{scans}', true)",
-        plans.setting(),
-        scans = plans.whole_scans(),
-    );
+        )
+    });
+    let begin = format!("BEGIN; SELECT {scope}{}", plans.settings());
     pool.begin_with(sqlx::AssertSqlSafe(begin)).await
 }
 
@@ -287,6 +276,18 @@ impl Plans {
             Self::Keyed => "off",
         }
     }
+
+    /// The `set_config` calls that put a transaction in this mode, for a
+    /// `SELECT` list (constants only).
+    fn settings(self) -> String {
+        format!(
+            "set_config('plan_cache_mode', '{}', true), set_config('enable_seqscan', '{scans}', true), \
+             set_config('enable_bitmapscan', '{scans}', true), set_config('enable_hashjoin', '{scans}', true), \
+             set_config('enable_mergejoin', '{scans}', true)",
+            self.setting(),
+            scans = self.whole_scans(),
+        )
+    }
 }
 
 /// Plans the rest of an open transaction's statements as `plans` says.
@@ -294,15 +295,9 @@ impl Plans {
 /// # Errors
 /// When the setting cannot be applied.
 pub async fn plan(conn: &mut sqlx::PgConnection, plans: Plans) -> Result<(), DbError> {
-    sqlx::query(
-        "SELECT set_config('plan_cache_mode', $1, true), set_config('enable_seqscan', $2, true),
-                set_config('enable_bitmapscan', $2, true), set_config('enable_hashjoin', $2, true),
-                set_config('enable_mergejoin', $2, true)",
-    )
-    .bind(plans.setting())
-    .bind(plans.whole_scans())
-    .execute(conn)
-    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {}", plans.settings())))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -371,16 +366,13 @@ async fn scope_as_app(
     value: String,
     plans: Plans,
 ) -> Result<(), DbError> {
-    sqlx::query(
-        "SELECT set_config($1, $2, true), set_config('role', $3, true), set_config('plan_cache_mode', $4, true),
-                set_config('enable_seqscan', $5, true), set_config('enable_bitmapscan', $5, true),
-                set_config('enable_hashjoin', $5, true), set_config('enable_mergejoin', $5, true)",
-    )
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT set_config($1, $2, true), set_config('role', $3, true), {}",
+        plans.settings()
+    )))
     .bind(setting)
     .bind(value)
     .bind(APP_ROLE)
-    .bind(plans.setting())
-    .bind(plans.whole_scans())
     .execute(conn)
     .await?;
     Ok(())
