@@ -2,7 +2,7 @@
 # Benchmarks the whole TxDx pipeline against PostgreSQL's own limits
 # (BENCHMARKS.md explains every figure).
 #
-#   scripts/bench.sh            the full run (about 13 minutes on 2 CPUs)
+#   scripts/bench.sh            the full run (about 14 minutes on 2 CPUs)
 #   scripts/bench.sh --smoke    a seconds-long run with tiny counts (CI)
 #   scripts/bench.sh --drain-tickets 10000 --workers 1,2   any `bench --help` flag
 #
