@@ -399,6 +399,16 @@ async fn tenant_settings_do_not_leak_to_the_next_user_of_a_pooled_connection(poo
     assert_ne!(role, db::APP_ROLE);
 }
 
+/// A pool of one connection with our session settings, so that each
+/// transaction taken from it reuses the connection the one before used.
+async fn one_connection_of_ours(pool: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db::session_options((*pool.connect_options()).clone()))
+        .await
+        .unwrap()
+}
+
 /// What a connection's session says of whom it acts for and how it plans:
 /// (current user, `app.company_id`, `app.company_ids`, `plan_cache_mode`,
 /// `enable_seqscan`, `enable_hashjoin`).
@@ -425,14 +435,8 @@ async fn a_transaction_starts_with_its_scope_and_plan_mode_and_leaves_neither_be
     let a = seed_company(&pool, "alpha").await;
     let b = seed_company(&pool, "bravo").await;
     // One connection of ours, so every transaction below reuses it.
-    let single = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(db::session_options((*pool.connect_options()).clone()))
-        .await
-        .unwrap();
-    let mut conn = single.acquire().await.unwrap();
-    let idle = session_scope(&mut conn).await;
-    drop(conn);
+    let single = one_connection_of_ours(&pool).await;
+    let idle = session_scope(&mut single.acquire().await.unwrap()).await;
     let login = idle[0].clone();
     assert_ne!(login, db::APP_ROLE);
     let expect = |user: &str, company: String, companies: String, keyed: bool| {
@@ -451,13 +455,9 @@ async fn a_transaction_starts_with_its_scope_and_plan_mode_and_leaves_neither_be
         ]
     };
     assert_eq!(idle, expect(&login, String::new(), String::new(), false));
-    let both = if a < b {
-        format!("{{{a},{b}}}")
-    } else {
-        format!("{{{b},{a}}}")
-    };
     let mut pair = [a, b];
     pair.sort_unstable();
+    let both = format!("{{{},{}}}", pair[0], pair[1]);
 
     let mut tx = db::begin_tenant_with(&single, a, db::Plans::Keyed)
         .await
@@ -509,14 +509,8 @@ async fn the_token_check_finds_its_companys_user_only_and_leaves_no_scope_behind
         .fetch_one(&pool)
         .await
         .unwrap();
-    let single = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(db::session_options((*pool.connect_options()).clone()))
-        .await
-        .unwrap();
-    let mut conn = single.acquire().await.unwrap();
-    let idle = session_scope(&mut conn).await;
-    drop(conn);
+    let single = one_connection_of_ours(&pool).await;
+    let idle = session_scope(&mut single.acquire().await.unwrap()).await;
 
     let user = db::users::find_token_user(&single, a, a_admin)
         .await
@@ -626,11 +620,7 @@ async fn a_transaction_may_reuse_plans_and_the_next_one_plans_every_execution_ag
     db::migrate(&pool).await.unwrap();
     let a = seed_company(&pool, "alpha").await;
     // One connection of ours, so every transaction below reuses it.
-    let single = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(db::session_options((*pool.connect_options()).clone()))
-        .await
-        .unwrap();
+    let single = one_connection_of_ours(&pool).await;
 
     let mut tx = db::begin_tenant(&single, a).await.unwrap();
     assert_eq!(probe(&mut tx, a).await, (0, 10));
