@@ -26,7 +26,7 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::load::Tenant;
+use crate::{load::Tenant, probe};
 
 /// What was seeded.
 #[derive(Debug, Clone, Serialize)]
@@ -350,15 +350,11 @@ async fn seed_on(
         .execute(&mut *conn)
         .await;
 
-    let t0 = Instant::now();
-    sqlx::raw_sql("VACUUM (ANALYZE) tickets, ticket_actions, audit_logs, apalis.jobs")
-        .execute(&mut *conn)
-        .await
-        .context("VACUUM (ANALYZE) after seeding")?;
-    if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(&mut *conn).await {
+    let settled = probe::settle(conn).await.context("after seeding")?;
+    if let Some(e) = settled.no_checkpoint {
         notes.push(format!("no CHECKPOINT after seeding ({e})"));
     }
-    let vacuum_secs = t0.elapsed().as_secs_f64();
+    let vacuum_secs = settled.seconds;
     Ok(Seeded {
         history_jobs: history,
         pending_jobs: pending_seeded,

@@ -41,7 +41,8 @@ pub struct Baseline<'a> {
     pub half: Option<&'a HalfSteps>,
 }
 
-/// The half-saturation figure: the plan's `half_steps` steps of
+/// The half-saturation figure: the database settled
+/// ([`probe::settle`]), then the plan's `half_steps` steps of
 /// `saturation` at `rate`, back to back, with `sweep_workers` fresh workers
 /// that are stopped afterwards; says its medians after `label`.
 ///
@@ -55,6 +56,15 @@ pub async fn half_steps(
     label: &str,
 ) -> anyhow::Result<Option<HalfSteps>> {
     let plan = ctx.plan;
+    let settled = probe::settle(&mut *ctx.db.acquire().await?).await?;
+    say(format!(
+        "{label}: VACUUM (ANALYZE) and CHECKPOINT first, {:.1} s{}",
+        settled.seconds,
+        settled
+            .no_checkpoint
+            .as_ref()
+            .map_or(String::new(), |e| format!(" (no checkpoint: {e})"))
+    ));
     system.start_workers(plan.sweep_workers)?;
     // Let the workers connect and register before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -84,7 +94,7 @@ pub async fn half_steps(
     if let Some(e) = failed {
         return Err(e);
     }
-    let half = HalfSteps::new(steps);
+    let half = HalfSteps::new(steps, settled);
     if let Some(h) = &half {
         say(format!(
             "{label}: {:.0}/s, median of {} steps: POST p99 {:.1} ms, e2e p99 {:.1} ms, GET p99 {:.1} ms",

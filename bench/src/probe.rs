@@ -373,3 +373,39 @@ mod tests {
         assert_eq!(with_database("postgres://h:1", "b"), "postgres://h:1/b");
     }
 }
+
+/// What [`settle`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Settled {
+    /// Seconds of `VACUUM (ANALYZE)` and `CHECKPOINT`.
+    pub seconds: f64,
+    /// Why the checkpoint was not taken, if it was not (it needs a
+    /// superuser or `pg_checkpoint` on the server the benchmark was given).
+    pub no_checkpoint: Option<String>,
+}
+
+/// Brings the hot tables to rest before a measurement: `VACUUM (ANALYZE)`
+/// (dead rows of earlier phases gone, statistics fresh) and a
+/// `CHECKPOINT` (the dirty pages of earlier phases written now, not by a
+/// timed checkpoint during the steps). Autovacuum and the checkpointer
+/// would otherwise do this work at moments of their choosing, inside
+/// whichever step they fell in.
+///
+/// # Errors
+/// When the vacuum fails.
+pub async fn settle(conn: &mut sqlx::PgConnection) -> anyhow::Result<Settled> {
+    let t0 = std::time::Instant::now();
+    sqlx::raw_sql("VACUUM (ANALYZE) tickets, ticket_actions, audit_logs, apalis.jobs")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("VACUUM (ANALYZE): {e}"))?;
+    let no_checkpoint = sqlx::raw_sql("CHECKPOINT")
+        .execute(&mut *conn)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    Ok(Settled {
+        seconds: t0.elapsed().as_secs_f64(),
+        no_checkpoint,
+    })
+}

@@ -10,7 +10,7 @@ use crate::{
     noop::NoopDrain,
     pgbench::PgbenchRun,
     plot::{Chart, Series},
-    probe::{ServerInfo, Statement, WaitSample},
+    probe::{ServerInfo, Settled, Statement, WaitSample},
     stats::Percentiles,
     system::ProcUsage,
 };
@@ -210,12 +210,14 @@ pub struct Registration {
 pub struct HalfSteps {
     /// In the order they ran; never empty.
     pub steps: Vec<Step>,
+    /// The rest taken before the first step.
+    pub settled: Settled,
 }
 
 impl HalfSteps {
-    /// Wraps `steps`; `None` when there are none.
-    pub fn new(steps: Vec<Step>) -> Option<Self> {
-        (!steps.is_empty()).then_some(Self { steps })
+    /// Wraps `steps`, run after `settled`; `None` when there are none.
+    pub fn new(steps: Vec<Step>, settled: Settled) -> Option<Self> {
+        (!steps.is_empty()).then_some(Self { steps, settled })
     }
 
     /// The offered rate of the steps.
@@ -529,10 +531,15 @@ pub fn markdown(r: &Results) -> String {
     if let Some(h) = &r.half {
         let _ = writeln!(
             s,
-            "\n## At half the end-to-end saturation throughput ({} workers)\n\n{} steps of {:.0} s back to back at the same rate and workers; the targets are judged on the median row.\n\n| step | offered/s | POST p50 | p95 | p99 | max | POST→EXECUTED p50 | p95 | p99 | max | GET p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "\n## At half the end-to-end saturation throughput ({} workers)\n\n{} steps of {:.0} s back to back at the same rate and workers, after `VACUUM (ANALYZE)` and `CHECKPOINT` ({:.1} s{}); the targets are judged on the median row.\n\n| step | offered/s | POST p50 | p95 | p99 | max | POST→EXECUTED p50 | p95 | p99 | max | GET p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             h.workers(),
             h.steps.len(),
             r.settings.saturation_secs,
+            h.settled.seconds,
+            h.settled
+                .no_checkpoint
+                .as_ref()
+                .map_or(String::new(), |e| format!("; no checkpoint: {e}")),
         );
         // POST, POST→EXECUTED and GET, each p50 / p95 / p99 / max.
         let figure = |step: &Step, i: usize| {
@@ -1190,11 +1197,14 @@ mod tests {
 
     #[test]
     fn half_steps_report_a_measured_median_and_refuse_to_be_empty() {
-        assert!(HalfSteps::new(Vec::new()).is_none());
-        let odd = HalfSteps::new(vec![step(90.0), step(11.0), step(37.0)]);
+        assert!(HalfSteps::new(Vec::new(), Settled::default()).is_none());
+        let odd = HalfSteps::new(vec![step(90.0), step(11.0), step(37.0)], Settled::default());
         assert_eq!(odd.map(|h| h.median(|s| s.post.p99)), Some(37.0));
         // An even count takes the lower middle value, not a mean of two.
-        let even = HalfSteps::new(vec![step(90.0), step(11.0), step(37.0), step(12.0)]);
+        let even = HalfSteps::new(
+            vec![step(90.0), step(11.0), step(37.0), step(12.0)],
+            Settled::default(),
+        );
         assert_eq!(even.map(|h| h.median(|s| s.post.p99)), Some(12.0));
     }
 }
