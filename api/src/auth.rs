@@ -4,16 +4,63 @@
 //! A token is accepted only if it verifies (see `shared::auth::token`) and
 //! its user still exists with the same role and token version; a deleted
 //! user, a changed role or a changed password makes older tokens useless.
+//!
+//! What a process read of a user is reused for `TOKEN_CHECK_CACHE_MS`
+//! ([`TokenChecks`](crate::auth::TokenChecks)): a client sending many
+//! requests a second with one token has its user read once a second, not
+//! once a request. A change made through this process is seen at once (the
+//! handlers that delete a user or bump its token version forget it after
+//! their commit); one made through another api process, within that time.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use shared::{
-    auth::token::{TokenError, TokenType},
+    auth::token::{Claims, TokenError, TokenType},
     db,
     domain::Role,
 };
 use uuid::Uuid;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::ApiError, state::AppState, ttl::TtlMap};
+
+/// Most users whose token checks one api process remembers at once; beyond
+/// them, a token's user is read on each request.
+pub const TOKEN_CHECK_USERS: usize = 65_536;
+
+/// Users as this process last read them for a token check, by user id:
+/// the caller they make and their token version.
+#[derive(Debug, Clone)]
+pub struct TokenChecks(Arc<TtlMap<Uuid, (AuthUser, i32)>>);
+
+impl TokenChecks {
+    /// Remembers what is read for `ttl` (zero: nothing is remembered).
+    pub fn new(ttl: Duration) -> Self {
+        Self(Arc::new(TtlMap::new(ttl, TOKEN_CHECK_USERS)))
+    }
+
+    /// The caller `claims` make, if its user was read within the time to
+    /// live and matched them (company, role and token version).
+    fn matching(&self, claims: &Claims) -> Option<AuthUser> {
+        self.0
+            .get(&claims.sub)
+            .filter(|(user, version)| {
+                user.company_id == claims.company_id
+                    && user.role == claims.role
+                    && *version == claims.ver
+            })
+            .map(|(user, _)| user)
+    }
+
+    /// Forgets `user`: its next request reads it again. Call after the
+    /// commit of a change to its role or token version, or its deletion.
+    pub fn forget(&self, user: Uuid) {
+        self.0.remove(&user);
+    }
+}
 
 /// The caller: a company user with a valid access token.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +147,14 @@ impl FromRequestParts<AppState> for AuthUser {
                 ),
                 _ => ApiError::Unauthorized("invalid or expired token".into()),
             })?;
-        // On every request: one statement, its plan kept.
+        if let Some(auth) = state.token_checks.matching(&claims) {
+            parts.extensions.insert(auth);
+            return Ok(auth);
+        }
+        // Otherwise one statement, its plan kept. What it finds is
+        // remembered whether or not it matches the token: it is the user
+        // as it is, and the next token may match it.
+        let read_at = Instant::now();
         let user =
             match db::users::find_token_user(&state.pool, claims.company_id, claims.sub).await {
                 Ok(user) => user,
@@ -111,16 +165,20 @@ impl FromRequestParts<AppState> for AuthUser {
                 }
                 Err(e) => return Err(e.into()),
             };
-        if user.token_version != claims.ver || user.role != claims.role {
-            return Err(ApiError::Unauthorized(
-                "the token predates a password or role change; log in again".into(),
-            ));
-        }
         let auth = AuthUser {
             user_id: user.id,
             company_id: user.company_id,
             role: user.role,
         };
+        state
+            .token_checks
+            .0
+            .insert_at(user.id, (auth, user.token_version), read_at);
+        if user.token_version != claims.ver || user.role != claims.role {
+            return Err(ApiError::Unauthorized(
+                "the token predates a password or role change; log in again".into(),
+            ));
+        }
         parts.extensions.insert(auth);
         Ok(auth)
     }

@@ -9,11 +9,7 @@
 //! and a `PUT .../tasks` route that pushes arbitrary jobs: everything here
 //! requires an operator, and that route is refused.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use apalis_board::axum::{
     framework::{ApiBuilder, RegisterRoute},
@@ -35,15 +31,21 @@ use shared::{
     jobs::{ACTION_QUEUE, ActionJob},
 };
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::ApiError, state::AppState, ttl::TtlMap};
 
 /// Successful operator logins are remembered this long, so the board's many
 /// asset and polling requests do not each pay for argon2id.
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Remembers recently verified operator credentials (by SHA-256, never in clear).
-#[derive(Clone, Default)]
-pub struct OperatorAuthCache(Arc<Mutex<HashMap<[u8; 32], Instant>>>);
+#[derive(Clone)]
+pub struct OperatorAuthCache(Arc<TtlMap<[u8; 32], ()>>);
+
+impl Default for OperatorAuthCache {
+    fn default() -> Self {
+        Self(Arc::new(TtlMap::new(AUTH_CACHE_TTL, 1024)))
+    }
+}
 
 impl OperatorAuthCache {
     fn key(header: &str) -> [u8; 32] {
@@ -51,23 +53,11 @@ impl OperatorAuthCache {
     }
 
     fn is_fresh(&self, header: &str) -> bool {
-        let now = Instant::now();
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.retain(|_, at| now.duration_since(*at) < AUTH_CACHE_TTL);
-        map.contains_key(&Self::key(header))
+        self.0.get(&Self::key(header)).is_some()
     }
 
     fn remember(&self, header: &str) {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() < 1024 {
-            map.insert(Self::key(header), Instant::now());
-        }
+        self.0.insert(Self::key(header), ());
     }
 }
 

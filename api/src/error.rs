@@ -165,6 +165,7 @@ impl From<shared::db::DbError> for ApiError {
             DbError::NotFound(what) => Self::NotFound(format!("{what} not found")),
             DbError::Conflict(what) => Self::Conflict(what),
             DbError::Invalid { field, message } => Self::invalid(field, message),
+            DbError::UserGone => Self::Unauthorized("the token's user no longer exists".into()),
             DbError::Unavailable(_) => {
                 Self::Unavailable("the database is unavailable; retry shortly".into())
             }

@@ -41,6 +41,8 @@ pub mod serve;
 pub mod state;
 /// Ticket creation and its group commit.
 pub mod ticket_writer;
+/// Maps whose entries expire: the api's short-lived caches.
+pub mod ttl;
 
 use error::ApiError;
 use state::AppState;

@@ -24,6 +24,8 @@ pub struct AppState {
     /// turns of logins and password changes, so a burst of them cannot
     /// starve the other requests of CPU or of connections.
     pub hashing: crate::hashing::Hashing,
+    /// Token checks reused for `TOKEN_CHECK_CACHE_MS`.
+    pub token_checks: crate::auth::TokenChecks,
     /// Recently verified operator credentials for the queue board.
     pub operator_auth: crate::board::OperatorAuthCache,
     /// One permit per `/api/` request being worked on (`API_MAX_IN_FLIGHT`).
@@ -45,6 +47,7 @@ impl AppState {
         let tickets = crate::ticket_writer::TicketWriter::spawn(pool.clone(), config.clone());
         Self {
             tokens: Arc::new(TokenCodec::from_config(&config)),
+            token_checks: crate::auth::TokenChecks::new(config.token_check_cache),
             pool,
             config,
             secrets,

@@ -29,7 +29,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -51,7 +51,7 @@ use shared::{
 };
 use uuid::Uuid;
 
-use crate::{auth::AuthUser, error::ApiError, routes::tickets::NewActionRequest};
+use crate::{auth::AuthUser, error::ApiError, routes::tickets::NewActionRequest, ttl::TtlMap};
 
 /// Most requests one writer commits in one transaction.
 pub const MAX_BATCH: usize = 128;
@@ -63,18 +63,26 @@ pub const WRITERS: usize = 2;
 /// How long a company's counted backlog is reused by the next batches.
 pub const BACKLOG_TTL: Duration = Duration::from_secs(1);
 
+/// Most companies whose backlogs are remembered at once; beyond them a
+/// company's backlog is counted with each batch.
+pub const BACKLOG_COMPANIES: usize = 65_536;
+
 /// Companies' backlogs as this process last counted them, each raised by
 /// the actions queued since (see the module documentation).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BacklogCache {
-    counted: Mutex<HashMap<Uuid, (Instant, i64)>>,
+    counted: TtlMap<Uuid, i64>,
+}
+
+impl Default for BacklogCache {
+    fn default() -> Self {
+        Self {
+            counted: TtlMap::new(BACKLOG_TTL, BACKLOG_COMPANIES),
+        }
+    }
 }
 
 impl BacklogCache {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, (Instant, i64)>> {
-        self.counted.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The backlog of each of `companies`: remembered when counted less than
     /// [`BACKLOG_TTL`] ago, else counted now (one statement for all of them).
     ///
@@ -88,26 +96,21 @@ impl BacklogCache {
         let now = Instant::now();
         let mut known = HashMap::new();
         let mut stale = Vec::new();
-        {
-            let counted = self.lock();
-            for company in companies {
-                match counted.get(company) {
-                    Some((at, backlog)) if now.duration_since(*at) < BACKLOG_TTL => {
-                        known.insert(*company, *backlog);
-                    }
-                    _ => stale.push(*company),
+        for company in companies {
+            match self.counted.get(company) {
+                Some(backlog) => {
+                    known.insert(*company, backlog);
                 }
+                None => stale.push(*company),
             }
         }
         stale.sort_unstable();
         stale.dedup();
         if !stale.is_empty() {
             let fresh = db::actions::company_backlogs(conn, &stale).await?;
-            let mut counted = self.lock();
-            counted.retain(|_, (at, _)| now.duration_since(*at) < BACKLOG_TTL);
             for company in stale {
                 let backlog = fresh.get(&company).copied().unwrap_or(0);
-                counted.insert(company, (now, backlog));
+                self.counted.insert_at(company, backlog, now);
                 known.insert(company, backlog);
             }
         }
@@ -118,9 +121,7 @@ impl BacklogCache {
     /// the commit: a batch that then fails leaves its company's count too
     /// high until the next count, at most [`BACKLOG_TTL`] later.
     fn add(&self, company: Uuid, actions: i64) {
-        if let Some((_, backlog)) = self.lock().get_mut(&company) {
-            *backlog += actions;
-        }
+        self.counted.update(&company, |backlog| *backlog += actions);
     }
 }
 

@@ -130,6 +130,13 @@ pub struct Config {
     /// closed after it. Behind a load balancer, set it above the balancer's
     /// own idle timeout.
     pub api_keep_alive_timeout: Duration,
+    /// `TOKEN_CHECK_CACHE_MS` (default 1000, at most 60000): how long an api
+    /// process reuses what it read of a token's user (role, token version).
+    /// A user deleted, demoted or given a new password through another api
+    /// process keeps its older tokens working on this one for at most this
+    /// long; through this process, at once. `0` reads the user on every
+    /// request.
+    pub token_check_cache: Duration,
     /// `WORKER_CONCURRENCY` (default 256): actions one worker process runs
     /// at once; also its fetch batch and the largest group commit.
     pub worker_concurrency: usize,
@@ -293,6 +300,13 @@ impl Config {
                 reason: "must be between 1 and 3600".into(),
             });
         }
+        let token_check_cache_ms = env.parse("TOKEN_CHECK_CACHE_MS", 1000u64)?;
+        if token_check_cache_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                var: "TOKEN_CHECK_CACHE_MS",
+                reason: "must be between 0 and 60000".into(),
+            });
+        }
         let action_max_attempts = env.parse("ACTION_MAX_ATTEMPTS", 5i32)?;
         if !(1..=100).contains(&action_max_attempts) {
             return Err(ConfigError::Invalid {
@@ -331,6 +345,7 @@ impl Config {
             secret_cache_ttl: Duration::from_secs(env.parse("SECRET_CACHE_TTL_SECS", 300u64)?),
             api_max_in_flight,
             api_keep_alive_timeout: Duration::from_secs(api_keep_alive_secs),
+            token_check_cache: Duration::from_millis(token_check_cache_ms),
             worker_concurrency,
             worker_metrics_addr: env.parse(
                 "WORKER_METRICS_ADDR",
@@ -419,6 +434,7 @@ mod tests {
         assert_eq!(config.worker_concurrency, 256);
         assert_eq!(config.api_max_in_flight, 256);
         assert_eq!(config.api_keep_alive_timeout, Duration::from_secs(30));
+        assert_eq!(config.token_check_cache, Duration::from_secs(1));
         assert!(config.azure.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(config.job_retention, Duration::from_secs(7 * 24 * 3600));
@@ -453,6 +469,21 @@ mod tests {
             err.to_string().starts_with("WORKER_CONCURRENCY is invalid"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_token_check_cache_beyond_a_minute_is_refused_and_zero_is_taken() {
+        let mut vars = base();
+        vars.insert("TOKEN_CHECK_CACHE_MS".into(), "60001".into());
+        let err = Config::from_vars(vars.clone()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("TOKEN_CHECK_CACHE_MS is invalid"),
+            "{err}"
+        );
+        vars.insert("TOKEN_CHECK_CACHE_MS".into(), "0".into());
+        let config = Config::from_vars(vars).unwrap();
+        assert_eq!(config.token_check_cache, Duration::ZERO);
     }
 
     #[test]

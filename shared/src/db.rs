@@ -390,6 +390,15 @@ pub async fn current_tenant(tx: &mut sqlx::PgConnection) -> Result<Option<Uuid>,
     Ok(raw.and_then(|s| s.parse().ok()))
 }
 
+/// The foreign keys by which a row names the user who acted: a write that
+/// violates one was made for a user deleted meanwhile ([`DbError::UserGone`]).
+pub const USER_REFERENCES: &[&str] = &[
+    "tickets_created_by_user_id_fkey",
+    "audit_logs_actor_user_id_fkey",
+    "refresh_tokens_user_id_fkey",
+    "agent_sessions_user_id_fkey",
+];
+
 /// What a repository function can fail with, in domain terms.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -407,6 +416,10 @@ pub enum DbError {
         /// Why.
         message: String,
     },
+    /// The user a write names as its actor or creator no longer exists: it
+    /// was deleted after the request's token was checked.
+    #[error("the acting user no longer exists")]
+    UserGone,
     /// The database cannot be reached (down, restarting, pool exhausted).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -428,6 +441,14 @@ impl From<sqlx::Error> for DbError {
                 }) =>
             {
                 Self::Unavailable(err)
+            }
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("23503")
+                    && db
+                        .constraint()
+                        .is_some_and(|c| USER_REFERENCES.contains(&c)) =>
+            {
+                Self::UserGone
             }
             _ => Self::Other(err),
         }

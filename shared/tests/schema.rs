@@ -676,3 +676,32 @@ where
     .await
     .unwrap()
 }
+
+#[sqlx::test(migrations = false)]
+async fn every_foreign_key_to_a_user_is_known_and_a_write_for_a_deleted_user_says_so(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let mut referencing: Vec<String> = sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint
+         WHERE contype = 'f' AND confrelid = 'users'::regclass ORDER BY conname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut known: Vec<String> = db::USER_REFERENCES.iter().map(|&c| c.to_owned()).collect();
+    known.sort();
+    referencing.sort();
+    assert_eq!(referencing, known);
+
+    let company = seed_company(&pool, "alpha").await;
+    let mut tx = db::begin_tenant(&pool, company).await.unwrap();
+    let event = |actor| db::audit::NewAuditEvent {
+        company_id: company,
+        actor_user_id: Some(actor),
+        action: "ticket.created",
+        entity_type: "ticket",
+        entity_id: None,
+        payload: serde_json::json!({}),
+    };
+    let gone = db::audit::insert_audit_event(&mut tx, event(Uuid::now_v7())).await;
+    assert!(matches!(gone, Err(db::DbError::UserGone)), "{gone:?}");
+}

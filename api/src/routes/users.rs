@@ -364,6 +364,7 @@ async fn update_user(
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
+    state.token_checks.forget(id);
     Ok(Json(updated.into()))
 }
 
@@ -404,5 +405,6 @@ async fn delete_user(
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
+    state.token_checks.forget(id);
     Ok(StatusCode::NO_CONTENT)
 }

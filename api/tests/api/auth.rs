@@ -237,8 +237,12 @@ async fn tokens_die_with_their_user_and_with_a_role_or_password_change(pool: PgP
     )
     .await;
 
-    // Deletion.
+    // Deletion, of a user whose token was just checked.
     let dave = app.create_user(&admin, "dave", "USER").await;
+    assert_eq!(
+        app.get("/api/auth/me", &dave.access_token).await.status(),
+        200
+    );
     assert_eq!(
         app.delete(&format!("/api/users/{}", dave.user_id), &admin.access_token)
             .await
@@ -246,6 +250,60 @@ async fn tokens_die_with_their_user_and_with_a_role_or_password_change(pool: PgP
         204
     );
     assert_problem(app.get("/api/auth/me", &dave.access_token).await, 401).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn another_api_process_refuses_a_deleted_users_token_once_its_check_expires_and_never_writes_for_it(
+    pool: PgPool,
+) {
+    let deleting = TestApp::spawn(pool.clone()).await;
+    let cached = TestApp::spawn_with(pool.clone(), &[("TOKEN_CHECK_CACHE_MS", "1000")]).await;
+    let uncached = TestApp::spawn_with(pool.clone(), &[("TOKEN_CHECK_CACHE_MS", "0")]).await;
+    let admin = deleting.register_company("Acme").await;
+    let bob = deleting.create_user(&admin, "bob", "USER").await;
+    for app in [&cached, &uncached] {
+        assert_eq!(
+            app.get("/api/tickets", &bob.access_token).await.status(),
+            200
+        );
+    }
+    let deleted_at = std::time::Instant::now();
+    assert_eq!(
+        deleting
+            .delete(&format!("/api/users/{}", bob.user_id), &admin.access_token)
+            .await
+            .status(),
+        204
+    );
+    // Without a cache the next request reads the user.
+    assert_problem(uncached.get("/api/tickets", &bob.access_token).await, 401).await;
+    // With one, a write for the deleted user is refused by the database's
+    // foreign key, as a 401, and leaves nothing behind.
+    let posted = cached
+        .post_json(
+            "/api/tickets",
+            Some(&bob.access_token),
+            &json!({"subject": "from a deleted user", "actions": []}),
+        )
+        .await;
+    assert_problem(posted, 401).await;
+    assert_eq!(deleting.count("SELECT count(*) FROM tickets").await, 0);
+    // Reads are refused once the check expires (with a margin for a loaded
+    // machine).
+    loop {
+        let response = cached.get("/api/tickets", &bob.access_token).await;
+        if response.status() == 401 {
+            assert_problem(response, 401).await;
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            deleted_at.elapsed() < std::time::Duration::from_secs(5),
+            "a deleted user's token still accepted {:?} after the deletion",
+            deleted_at.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 }
 
 #[sqlx::test(migrations = false)]

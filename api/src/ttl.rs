@@ -1,0 +1,159 @@
+//! What this process learnt recently and may reuse for a bounded time.
+//!
+//! [`TtlMap`](crate::ttl::TtlMap) holds values for at most its time to live, and at most its
+//! capacity of them: the api's caches (verified board credentials, token
+//! checks, companies' backlogs) are each one of these, so each says only
+//! what it keeps and for how long.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
+/// A map whose entries expire `ttl` after they were inserted.
+///
+/// Expired entries are never returned, and are swept out at most once per
+/// `ttl` (on an insert), so the map holds what was inserted within about
+/// two `ttl`s. When it holds `capacity` entries after a sweep, inserts are
+/// dropped until the next sweep: a full map costs lookups, never memory.
+#[derive(Debug)]
+pub struct TtlMap<K, V> {
+    ttl: Duration,
+    capacity: usize,
+    inner: Mutex<Inner<K, V>>,
+}
+
+#[derive(Debug)]
+struct Inner<K, V> {
+    entries: HashMap<K, (Instant, V)>,
+    swept: Instant,
+}
+
+impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
+    /// An empty map whose entries live `ttl`, holding at most `capacity`.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            ttl,
+            capacity,
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                swept: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<K, V>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fresh(&self, at: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(at) < self.ttl
+    }
+
+    /// The value inserted for `key` less than the time to live ago.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let now = Instant::now();
+        let inner = self.lock();
+        match inner.entries.get(key) {
+            Some((at, value)) if self.fresh(*at, now) => Some(value.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps `value` for `key`, as learnt at `at` (its time to live counts
+    /// from then: pass the moment the value was read, not the moment it
+    /// arrived).
+    pub fn insert_at(&self, key: K, value: V, at: Instant) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if now.saturating_duration_since(inner.swept) >= self.ttl
+            || inner.entries.len() >= self.capacity
+        {
+            let ttl = self.ttl;
+            inner
+                .entries
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+            inner.swept = now;
+        }
+        if inner.entries.len() < self.capacity || inner.entries.contains_key(&key) {
+            inner.entries.insert(key, (at, value));
+        }
+    }
+
+    /// Keeps `value` for `key` from now.
+    pub fn insert(&self, key: K, value: V) {
+        self.insert_at(key, value, Instant::now());
+    }
+
+    /// Changes the value kept for `key`, if it is still fresh; its time to
+    /// live is not renewed.
+    pub fn update(&self, key: &K, change: impl FnOnce(&mut V)) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some((at, value)) = inner.entries.get_mut(key)
+            && now.saturating_duration_since(*at) < self.ttl
+        {
+            change(value);
+        }
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&self, key: &K) {
+        self.lock().entries.remove(key);
+    }
+
+    /// Entries held, fresh or not yet swept.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_returned_until_its_time_to_live_has_passed_counted_from_when_it_was_learnt() {
+        let map = TtlMap::new(Duration::from_secs(60), 8);
+        map.insert("fresh", 1);
+        assert_eq!(map.get(&"fresh"), Some(1));
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(61)) else {
+            return; // a clock this close to its origin cannot say "a minute ago"
+        };
+        map.insert_at("stale", 2, long_ago);
+        assert_eq!(map.get(&"stale"), None);
+        map.update(&"stale", |v| *v = 3);
+        assert_eq!(map.get(&"stale"), None);
+        map.update(&"fresh", |v| *v += 10);
+        assert_eq!(map.get(&"fresh"), Some(11));
+        map.remove(&"fresh");
+        assert_eq!(map.get(&"fresh"), None);
+    }
+
+    #[test]
+    fn a_full_map_sweeps_what_expired_and_then_drops_new_keys_but_still_renews_old_ones() {
+        let map = TtlMap::new(Duration::from_secs(60), 2);
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(61)) else {
+            return;
+        };
+        map.insert_at(1, "expired", long_ago);
+        map.insert(2, "two");
+        // Full: the sweep takes the expired entry out, so 3 fits.
+        map.insert(3, "three");
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.get(&3), Some("three"));
+        // Full of fresh entries: a new key is dropped, a known one renewed.
+        map.insert(4, "four");
+        assert_eq!(map.get(&4), None);
+        map.insert(2, "two again");
+        assert_eq!(map.get(&2), Some("two again"));
+        assert_eq!(map.len(), 2);
+    }
+}
