@@ -8,9 +8,11 @@
 //! What a process read of a user is reused for `TOKEN_CHECK_CACHE_MS`
 //! ([`TokenChecks`](crate::auth::TokenChecks)): a client sending many
 //! requests a second with one token has its user read once a second, not
-//! once a request. A change made through this process is seen at once (the
-//! handlers that delete a user or bump its token version forget it after
-//! their commit); one made through another api process, within that time.
+//! once a request. A change made through this process is seen by every
+//! request checked after its commit (the handlers that delete a user or
+//! bump its token version forget it then, and a read that began earlier is
+//! not remembered after that); one made through another api process, within
+//! that time.
 
 use std::{
     sync::Arc,
@@ -32,9 +34,10 @@ use crate::{error::ApiError, state::AppState, ttl::TtlMap};
 pub const TOKEN_CHECK_USERS: usize = 65_536;
 
 /// Users as this process last read them for a token check, by user id:
-/// the caller they make and their token version.
+/// the caller they make and their token version; `None` for a user
+/// forgotten since.
 #[derive(Debug, Clone)]
-pub struct TokenChecks(Arc<TtlMap<Uuid, (AuthUser, i32)>>);
+pub struct TokenChecks(Arc<TtlMap<Uuid, Option<(AuthUser, i32)>>>);
 
 impl TokenChecks {
     /// Remembers what is read for `ttl` (zero: nothing is remembered).
@@ -43,10 +46,12 @@ impl TokenChecks {
     }
 
     /// The caller `claims` make, if its user was read within the time to
-    /// live and matched them (company, role and token version).
+    /// live, not forgotten since, and matched them (company, role and token
+    /// version).
     fn matching(&self, claims: &Claims) -> Option<AuthUser> {
         self.0
             .get(&claims.sub)
+            .flatten()
             .filter(|(user, version)| {
                 user.company_id == claims.company_id
                     && user.role == claims.role
@@ -55,10 +60,18 @@ impl TokenChecks {
             .map(|(user, _)| user)
     }
 
-    /// Forgets `user`: its next request reads it again. Call after the
-    /// commit of a change to its role or token version, or its deletion.
+    /// Remembers `user` with `version` as read at `read_at`, unless it was
+    /// forgotten after that moment.
+    fn remember(&self, user: AuthUser, version: i32, read_at: Instant) {
+        self.0
+            .insert_at(user.user_id, Some((user, version)), read_at);
+    }
+
+    /// Forgets `user`: its next request reads it again, and a read that
+    /// began before this call is not remembered. Call after the commit of a
+    /// change to its role or token version, or its deletion.
     pub fn forget(&self, user: Uuid) {
-        self.0.remove(&user);
+        self.0.insert(user, None);
     }
 }
 
@@ -172,8 +185,7 @@ impl FromRequestParts<AppState> for AuthUser {
         };
         state
             .token_checks
-            .0
-            .insert_at(user.id, (auth, user.token_version), read_at);
+            .remember(auth, user.token_version, read_at);
         if user.token_version != claims.ver || user.role != claims.role {
             return Err(ApiError::Unauthorized(
                 "the token predates a password or role change; log in again".into(),

@@ -64,10 +64,15 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
 
     /// Keeps `value` for `key`, as learnt at `at` (its time to live counts
     /// from then: pass the moment the value was read, not the moment it
-    /// arrived).
+    /// arrived). A value learnt before the one held is older news and is
+    /// dropped, so a slow read cannot overwrite what a later one, or a
+    /// later [`insert`](Self::insert), said.
     pub fn insert_at(&self, key: K, value: V, at: Instant) {
         let now = Instant::now();
         let mut inner = self.lock();
+        if inner.entries.get(&key).is_some_and(|(held, _)| *held > at) {
+            return;
+        }
         if now.saturating_duration_since(inner.swept) >= self.ttl
             || inner.entries.len() >= self.capacity
         {
@@ -99,11 +104,6 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         }
     }
 
-    /// Forgets `key`.
-    pub fn remove(&self, key: &K) {
-        self.lock().entries.remove(key);
-    }
-
     /// Entries held, fresh or not yet swept.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -133,8 +133,17 @@ mod tests {
         assert_eq!(map.get(&"stale"), None);
         map.update(&"fresh", |v| *v += 10);
         assert_eq!(map.get(&"fresh"), Some(11));
-        map.remove(&"fresh");
-        assert_eq!(map.get(&"fresh"), None);
+    }
+
+    #[test]
+    fn a_value_learnt_before_the_one_held_does_not_replace_it() {
+        let map = TtlMap::new(Duration::from_secs(60), 8);
+        let read_at = Instant::now();
+        map.insert("user", "changed");
+        map.insert_at("user", "read before the change", read_at);
+        assert_eq!(map.get(&"user"), Some("changed"));
+        map.insert("user", "read after");
+        assert_eq!(map.get(&"user"), Some("read after"));
     }
 
     #[test]
