@@ -14,10 +14,11 @@ use std::{
 
 /// A map whose entries expire `ttl` after they were inserted.
 ///
-/// Expired entries are never returned, and are swept out at most once per
-/// `ttl` (on an insert), so the map holds what was inserted within about
-/// two `ttl`s. When it holds `capacity` entries after a sweep, inserts are
-/// dropped until the next sweep: a full map costs lookups, never memory.
+/// Expired entries are never returned. An insert sweeps them out when a
+/// `ttl` has passed since the last sweep, or when the map is full, so it
+/// holds what was inserted within about two `ttl`s. A map still full after
+/// its sweep drops new keys: a full map costs lookups (and a sweep per
+/// insert), never memory.
 #[derive(Debug)]
 pub struct TtlMap<K, V> {
     ttl: Duration,
@@ -105,13 +106,9 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
     }
 
     /// Entries held, fresh or not yet swept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().entries.len()
-    }
-
-    /// Whether it holds no entry.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
