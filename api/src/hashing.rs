@@ -61,9 +61,10 @@ impl Hashing {
 
     /// One per two CPUs, at least one: a burst of logins keeps at least
     /// half the machine for everything else. The idle scheduling class
-    /// yields the cores, not the memory: each argon2id hash at OWASP's
-    /// parameters writes 19 MiB (page-faulted in and unmapped again), so
-    /// hashes on every core evicted the caches the other requests ran on.
+    /// yields the cores, not the memory: each argon2id hash writes its whole
+    /// block (19 MiB when this was measured, 7 MiB now; page-faulted in and
+    /// unmapped again), so hashes on every core evicted the caches the other
+    /// requests ran on.
     /// Measured on 2 cores (BENCHMARKS.md): with two hashes at once the
     /// worst `GET /api/tickets` during 50 concurrent logins took 4.3–7.0×
     /// (median 5.0×) its time before the burst, with one 2.7–4.5× (median

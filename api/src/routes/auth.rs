@@ -271,14 +271,17 @@ async fn login(
         .as_ref()
         .map(|(_, hash)| hash.clone())
         .unwrap_or_else(|| password::dummy_hash().to_owned());
+    // A hash made with older parameters is replaced once its password is
+    // known to match: the password is kept until then only in that case.
+    let rehash = password::needs_rehash(&candidate_hash).then(|| body.password.clone());
     let pw = body.password;
     let matches = state
         .hashing
         .run(move || password::verify_password(&pw, &candidate_hash))
         .await?;
 
-    let user = match (found, matches) {
-        (Some((user, _)), true) => user,
+    let (user, stored_hash) = match (found, matches) {
+        (Some(found), true) => found,
         (found, _) => {
             // One commit either way, so a wrong password and an unknown
             // username take the same time.
@@ -298,8 +301,24 @@ async fn login(
         }
     };
     db::login_failures::clear_login_failures(&state.pool, &username).await?;
+    let fresh_hash = match rehash {
+        Some(pw) => fresh_hash(&state, pw).await,
+        None => None,
+    };
     let mut tx = db::begin_tenant(&state.pool, user.company_id).await?;
     let (tokens, _) = issue_session(&state, &mut tx, &user, Uuid::new_v4()).await?;
+    let rehashed = match &fresh_hash {
+        Some(new) => {
+            db::users::replace_password_hash(&mut tx, user.company_id, user.id, &stored_hash, new)
+                .await?
+        }
+        None => false,
+    };
+    let payload = if rehashed {
+        json!({"client_ip": client_ip, "password_rehashed": true})
+    } else {
+        json!({"client_ip": client_ip})
+    };
     db::audit::insert_audit_event(
         &mut tx,
         NewAuditEvent {
@@ -308,12 +327,27 @@ async fn login(
             action: "auth.login",
             entity_type: "user",
             entity_id: Some(user.id),
-            payload: json!({"client_ip": client_ip}),
+            payload,
         },
     )
     .await?;
     tx.commit().await.map_err(db::DbError::from)?;
     Ok(Json(tokens))
+}
+
+/// A hash of `pw` with the current parameters, for a login whose stored hash
+/// is due for one ([`password::needs_rehash`]). A failure is logged and
+/// leaves the old hash: the login itself has succeeded.
+async fn fresh_hash(state: &AppState, pw: String) -> Option<String> {
+    state
+        .hashing
+        .run(move || password::hash_password(&pw))
+        .await
+        .and_then(|made| made.map_err(|e| ApiError::Internal(e.into())))
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "a password hash with older parameters was kept"),
+        )
+        .ok()
 }
 
 /// Exchanges a refresh token for a new pair; the presented token is spent.

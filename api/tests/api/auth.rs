@@ -51,12 +51,72 @@ async fn passwords_are_stored_as_argon2id_and_a_weak_one_is_refused(pool: PgPool
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+    assert!(hash.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"));
     let response = app
         .post_json("/api/auth/register", None, &json!({"company_name": "Weak", "username": "weak", "email": "w@example.com", "password": "short"}))
         .await;
     let problem = assert_problem(response, 422).await;
     assert_eq!(problem["field"], "password");
+}
+
+/// `PASSWORD` hashed as the first releases did (argon2id, 19 MiB, 2 passes).
+fn hash_with_older_parameters() -> String {
+    use argon2::{
+        Algorithm, Argon2, Params, PasswordHasher, Version,
+        password_hash::{SaltString, rand_core::OsRng},
+    };
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_login_replaces_a_hash_with_older_parameters_and_keeps_the_users_tokens(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.register_company("Acme").await;
+    let old = hash_with_older_parameters();
+    let stored = || async {
+        sqlx::query_scalar::<_, String>("SELECT password_hash FROM users")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    sqlx::query("UPDATE users SET password_hash = $1")
+        .bind(&old)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // A wrong password leaves the old hash as it is.
+    assert_problem(app.login("acme-admin", "not the password!").await, 401).await;
+    assert_eq!(stored().await, old);
+
+    // The right one logs in and replaces it with a hash of today's parameters.
+    assert_eq!(app.login("acme-admin", PASSWORD).await.status(), 200);
+    let fresh = stored().await;
+    assert!(
+        fresh.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"),
+        "{fresh}"
+    );
+    let rehashed = "SELECT count(*) FROM audit_logs WHERE action = 'auth.login' AND payload->>'password_rehashed' = 'true'";
+    assert_eq!(app.count(rehashed).await, 1);
+    // Same password: the tokens issued before stay valid.
+    assert_eq!(
+        app.get("/api/auth/me", &admin.access_token).await.status(),
+        200
+    );
+
+    // The new hash verifies, and is not replaced again.
+    assert_eq!(app.login("acme-admin", PASSWORD).await.status(), 200);
+    assert_eq!(stored().await, fresh);
+    assert_eq!(app.count(rehashed).await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_logs WHERE action = 'auth.login'")
+            .await,
+        2
+    );
 }
 
 #[sqlx::test(migrations = false)]

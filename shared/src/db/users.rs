@@ -186,6 +186,32 @@ pub async fn update_user(
     .ok_or(DbError::NotFound("user"))
 }
 
+/// Replaces a user's password hash with a fresh hash of the same password
+/// (made with the current parameters), unless the hash changed since it was
+/// read as `old`. The password is the same, so `token_version` stays and
+/// the user's tokens stay valid. Whether it was replaced.
+///
+/// # Errors
+/// Database failures.
+pub async fn replace_password_hash(
+    conn: &mut PgConnection,
+    company_id: Uuid,
+    id: Uuid,
+    old: &str,
+    new: &str,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE users SET password_hash = $4 WHERE id = $1 AND company_id = $2 AND password_hash = $3",
+    )
+    .bind(id)
+    .bind(company_id)
+    .bind(old)
+    .bind(new)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Deletes a user of the tenant.
 ///
 /// # Errors
