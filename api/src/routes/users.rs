@@ -292,18 +292,24 @@ async fn update_user(
     if let Some(email) = &body.email {
         validate_email(email)?;
     }
-    // A new password is hashed inside the transaction (its policy needs the
-    // target's username): held to the end, so that a burst of password
-    // changes queues here and not for the pool's connections.
+    // A turn, held to the end, so that a burst of password changes queues
+    // here and not for the pool's connections.
     let _turn = match body.password {
         Some(_) => Some(state.hashing.password_turn().await?),
         None => None,
     };
-    let mut tx = db::begin_tenant(&state.pool, caller.company_id).await?;
-    let target = db::users::find_user(&mut tx, caller.company_id, id).await?;
+    // A new password is checked against the target's username (no request
+    // changes a username) and hashed before the transaction begins: the
+    // hash runs in the idle scheduling class and may wait for a core, and
+    // no connection, snapshot or lock waits with it.
     let hash = match &body.password {
         Some(pw) => {
-            password::check_policy(pw, &target.username)
+            let mut read = db::begin_tenant(&state.pool, caller.company_id).await?;
+            let username = db::users::find_user(&mut read, caller.company_id, id)
+                .await?
+                .username;
+            read.commit().await.map_err(db::DbError::from)?;
+            password::check_policy(pw, &username)
                 .map_err(|e| ApiError::invalid("password", e.to_string()))?;
             let pw = pw.clone();
             Some(
@@ -316,6 +322,8 @@ async fn update_user(
         }
         None => None,
     };
+    let mut tx = db::begin_tenant(&state.pool, caller.company_id).await?;
+    let target = db::users::find_user(&mut tx, caller.company_id, id).await?;
     if body.role == Some(Role::User) && target.role == Role::Admin {
         let admins = db::users::lock_admin_ids(&mut tx, caller.company_id).await?;
         if admins.len() <= 1 {

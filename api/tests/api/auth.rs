@@ -275,8 +275,26 @@ async fn tokens_die_with_their_user_and_with_a_role_or_password_change(pool: PgP
     assert_eq!(response.status(), 200);
     assert_problem(app.get("/api/auth/me", &user.access_token).await, 401).await;
 
-    // Password change: refused again, and refresh tokens revoked.
-    let user = app.create_user(&admin, "carol", "USER").await;
+    // Password change: refused again, and refresh tokens revoked. A
+    // password the policy refuses (the target's username) changes nothing.
+    let user = app.create_user(&admin, "carol-the-user", "USER").await;
+    let refused = app
+        .put_json(
+            &format!("/api/users/{}", user.user_id),
+            &admin.access_token,
+            &json!({"password": "CAROL-THE-USER"}),
+        )
+        .await;
+    let problem = assert_problem(refused, 422).await;
+    assert_eq!(problem["field"], "password");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("username"),
+        "{problem}"
+    );
+    assert_eq!(
+        app.get("/api/auth/me", &user.access_token).await.status(),
+        200
+    );
     let response = app
         .put_json(
             &format!("/api/users/{}", user.user_id),
