@@ -153,6 +153,13 @@ pub struct Config {
     /// the queue beside LISTEN/NOTIFY; it also bounds how late a job whose
     /// run time (a retry's backoff, a snooze) has just come is fetched.
     pub queue_poll_interval: Duration,
+    /// `QUEUE_FETCH_COOLDOWN_MS` (default 20, at most 1000): the least time
+    /// between the starts of two fetches of a worker that has emptied the
+    /// queue. Notifications that come sooner are answered by one fetch at
+    /// its end, so at mid rates a fetch takes several new jobs instead of
+    /// one. A backlog is fetched without pause; `0` fetches on every
+    /// notification.
+    pub queue_fetch_cooldown: Duration,
     /// `ACTION_TIMEOUT_SECS` (default 20): one attempt's hard limit; kept well
     /// under heartbeat × missed beats so a slow job is never taken as orphaned.
     pub action_timeout: Duration,
@@ -357,6 +364,9 @@ impl Config {
             queue_poll_interval: Duration::from_millis(
                 env.parse("QUEUE_POLL_INTERVAL_MS", 100u64)?
                     .clamp(10, 60_000),
+            ),
+            queue_fetch_cooldown: Duration::from_millis(
+                env.parse("QUEUE_FETCH_COOLDOWN_MS", 20u64)?.min(1000),
             ),
             action_timeout,
             retry_backoff_base: Duration::from_millis(

@@ -337,20 +337,62 @@ impl Persistence for ActionFetch {
 /// Every way a job becomes due at once notifies: apalis's insert trigger,
 /// and the wake of a slot waiter
 /// ([`wake_slot_waiters`](shared::db::limits::wake_slot_waiters)); jobs due
-/// later (retries, snoozes, rescued orphans) are found by the tick.
+/// later (retries, snoozes, rescued orphans) are found by the tick. Such a
+/// look starts no sooner than a cooldown after the previous fetch started
+/// (`QUEUE_FETCH_COOLDOWN_MS`), so the notifications of a busy moment are
+/// answered by one fetch that takes all their jobs, and their claims and
+/// outcomes share transactions too.
 pub struct ActionQueue {
     persistence: Persisted<ActionFetch>,
     codec: JsonCodec,
     wake: WakeUp<Pubsub>,
     drained: Arc<AtomicBool>,
     woken: bool,
+    cooldown: FetchCooldown,
+}
+
+/// The least time between the starts of two fetches that a wake asked for
+/// (`QUEUE_FETCH_COOLDOWN_MS`): the wakes that come sooner wait for its
+/// end and are answered by one fetch.
+struct FetchCooldown {
+    every: Duration,
+    last_start: Option<tokio::time::Instant>,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl FetchCooldown {
+    /// Ready when a fetch may start now; else pending, with `cx`'s waker
+    /// held by a timer set to the moment it may.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(last) = self.last_start else {
+            return Poll::Ready(());
+        };
+        let due = last + self.every;
+        if tokio::time::Instant::now() >= due {
+            return Poll::Ready(());
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        timer.as_mut().poll(cx)
+    }
+
+    fn started(&mut self) {
+        if !self.every.is_zero() {
+            self.last_start = Some(tokio::time::Instant::now());
+        }
+    }
 }
 
 impl ActionQueue {
     /// The queue named in `config`, read through `pool`; claims made at
     /// fetch time go to `preclaimed`, and the acks of jobs in `finished`
     /// are skipped. `wake` says when to look again after a fetch that
-    /// drained the queue.
+    /// drained the queue, and no such look starts sooner than `cooldown`
+    /// after the previous fetch started.
     #[must_use]
     pub fn new(
         pool: &PgPool,
@@ -358,6 +400,7 @@ impl ActionQueue {
         preclaimed: Arc<Preclaimed>,
         finished: Arc<Finished>,
         wake: WakeUp<Pubsub>,
+        cooldown: Duration,
     ) -> Self {
         let drained = Arc::new(AtomicBool::new(false));
         Self {
@@ -372,6 +415,11 @@ impl ActionQueue {
             wake,
             drained,
             woken: false,
+            cooldown: FetchCooldown {
+                every: cooldown,
+                last_start: None,
+                timer: None,
+            },
         }
     }
 }
@@ -400,11 +448,16 @@ impl Backend for ActionQueue {
             // for after it.
             self.woken |= self.wake.poll_wake(cx);
             if matches!(self.persistence.state(), State::Ready) {
-                if self.drained.load(Ordering::Relaxed) && !self.woken {
+                // After a fetch that drained the queue: only when a wake
+                // asked for a look, and not before the cooldown's end.
+                if self.drained.load(Ordering::Relaxed)
+                    && (!self.woken || self.cooldown.poll_ready(cx).is_pending())
+                {
                     return Poll::Pending;
                 }
                 // The fetch about to start is the look the wake asked for.
                 self.woken = false;
+                self.cooldown.started();
             }
             let next = self.persistence.poll_next(cx, worker);
             // Pending with nothing in flight: the fetch came back empty. If
@@ -454,5 +507,65 @@ impl WireFormatBackend for ActionQueue {
 
     fn codec(&self) -> &JsonCodec {
         &self.codec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::AtomicUsize,
+        task::{Wake, Waker},
+    };
+
+    use super::*;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn cooldown(every: Duration) -> FetchCooldown {
+        FetchCooldown {
+            every,
+            last_start: None,
+            timer: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_waits_out_the_cooldown_of_the_previous_one_and_is_woken_at_its_end() {
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut cooldown = cooldown(Duration::from_millis(100));
+
+        assert!(cooldown.poll_ready(&mut cx).is_ready(), "no fetch yet");
+        cooldown.started();
+        assert!(cooldown.poll_ready(&mut cx).is_pending());
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            counter.0.load(Ordering::SeqCst) > 0,
+            "the cooldown's end woke the task"
+        );
+        assert!(cooldown.poll_ready(&mut cx).is_ready());
+
+        // The next fetch's cooldown runs from its own start.
+        cooldown.started();
+        assert!(cooldown.poll_ready(&mut cx).is_pending());
+    }
+
+    #[tokio::test]
+    async fn without_a_cooldown_every_fetch_may_start_at_once() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut cooldown = cooldown(Duration::ZERO);
+        cooldown.started();
+        assert!(cooldown.poll_ready(&mut cx).is_ready());
+        cooldown.started();
+        assert!(cooldown.poll_ready(&mut cx).is_ready());
     }
 }

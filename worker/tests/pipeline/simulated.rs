@@ -415,3 +415,78 @@ async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_ti
     );
     assert!(looked >= f64::from(tickets), "{looked} fetches");
 }
+
+#[sqlx::test(migrations = false)]
+async fn notifications_within_the_fetch_cooldown_are_answered_by_one_fetch_at_its_end(
+    pool: PgPool,
+) {
+    // A second of cooldown and a tick far apart: the tickets below come
+    // within the cooldown of the fetch the first one started.
+    let cooldown = Duration::from_secs(1);
+    let system = System::start(
+        pool,
+        1,
+        &[
+            ("QUEUE_FETCH_COOLDOWN_MS", "1000"),
+            ("QUEUE_POLL_INTERVAL_MS", "20000"),
+        ],
+    )
+    .await;
+    let token = system.register("Acme").await;
+    let pan = system
+        .create_integration(&token, simulated_firewall("fw", 0))
+        .await;
+    let fetches = || async {
+        let text = system.worker_metrics_text(0).await;
+        sample(&text, "txdx_worker_queue_seconds_count", "step=\"fetch\"").unwrap_or(0.0)
+    };
+    // One ticket through, so the worker has settled after its start; then
+    // a cooldown's rest, so the next ticket is fetched at once.
+    system
+        .run_ticket(
+            &token,
+            block_ip_ticket("first", &pan, "198.51.100.9"),
+            Duration::from_secs(30),
+        )
+        .await;
+    tokio::time::sleep(cooldown + Duration::from_millis(200)).await;
+    let before = fetches().await;
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let ticket = system
+            .create_ticket(
+                &token,
+                block_ip_ticket(&format!("t{i}"), &pan, "198.51.100.9"),
+            )
+            .await;
+        ids.push(ticket["id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.wait_all_terminal(Duration::from_secs(15)).await;
+    let looked = fetches().await - before;
+    // The first ticket's fetch, then one for the five that came within
+    // the cooldown: not one each.
+    assert!(
+        (2.0..=3.0).contains(&looked),
+        "{looked} fetches for 6 tickets within a cooldown"
+    );
+    let waits: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM executed_at - created_at)::float8 FROM tickets
+         WHERE id = ANY($1::uuid[]) ORDER BY created_at",
+    )
+    .bind(&ids)
+    .fetch_all(&system.pool)
+    .await
+    .unwrap();
+    assert_eq!(waits.len(), 6);
+    // The first went at once; the last waited for the cooldown's end, not
+    // for the tick (20 s).
+    assert!(waits[0] < 0.9, "the first ticket waited {} s", waits[0]);
+    assert!(
+        (0.4..5.0).contains(&waits[5]),
+        "the last ticket waited {} s",
+        waits[5]
+    );
+    system.assert_invariants().await;
+}
