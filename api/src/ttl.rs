@@ -15,10 +15,12 @@ use std::{
 /// A map whose entries expire `ttl` after they were inserted.
 ///
 /// Expired entries are never returned. An insert sweeps them out when a
-/// `ttl` has passed since the last sweep, or when the map is full, so it
-/// holds what was inserted within about two `ttl`s. A map still full after
-/// its sweep drops new keys: a full map costs lookups (and a sweep per
-/// insert), never memory.
+/// `ttl` has passed since the last sweep, so the map holds what was
+/// inserted within about two `ttl`s. A full map also sweeps when an entry
+/// has expired and a [`FULL_SWEEP_SHARE`]th of its capacity has been
+/// inserted since the last sweep, so a sweep's cost is spread over that
+/// many inserts; a map still full drops new keys. A full map costs lookups,
+/// never memory.
 #[derive(Debug)]
 pub struct TtlMap<K, V> {
     ttl: Duration,
@@ -26,10 +28,18 @@ pub struct TtlMap<K, V> {
     inner: Mutex<Inner<K, V>>,
 }
 
+/// A full map sweeps at most once per this share of its capacity of
+/// inserts.
+pub const FULL_SWEEP_SHARE: usize = 16;
+
 #[derive(Debug)]
 struct Inner<K, V> {
     entries: HashMap<K, (Instant, V)>,
     swept: Instant,
+    /// Inserts since the last sweep.
+    inserts: usize,
+    /// The earliest moment an entry held was learnt.
+    oldest: Option<Instant>,
 }
 
 impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
@@ -41,6 +51,8 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
                 swept: Instant::now(),
+                inserts: 0,
+                oldest: None,
             }),
         }
     }
@@ -74,17 +86,23 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         if inner.entries.get(&key).is_some_and(|(held, _)| *held > at) {
             return;
         }
+        inner.inserts = inner.inserts.saturating_add(1);
+        let full = inner.entries.len() >= self.capacity && !inner.entries.contains_key(&key);
+        let expired = inner.oldest.is_some_and(|oldest| !self.fresh(oldest, now));
         if now.saturating_duration_since(inner.swept) >= self.ttl
-            || inner.entries.len() >= self.capacity
+            || (full && expired && inner.inserts >= self.capacity / FULL_SWEEP_SHARE)
         {
             let ttl = self.ttl;
             inner
                 .entries
                 .retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
             inner.swept = now;
+            inner.inserts = 0;
+            inner.oldest = inner.entries.values().map(|(at, _)| *at).min();
         }
         if inner.entries.len() < self.capacity || inner.entries.contains_key(&key) {
             inner.entries.insert(key, (at, value));
+            inner.oldest = Some(inner.oldest.map_or(at, |oldest| oldest.min(at)));
         }
     }
 
@@ -161,5 +179,52 @@ mod tests {
         map.insert(2, "two again");
         assert_eq!(map.get(&2), Some("two again"));
         assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn a_full_map_sweeps_once_per_share_of_its_capacity_of_inserts() {
+        let (ttl, capacity) = (Duration::from_secs(60), 64);
+        let share = capacity / FULL_SWEEP_SHARE;
+        let map = TtlMap::new(ttl, capacity);
+        let now = Instant::now();
+        let (Some(long_ago), Some(soon_stale)) = (
+            now.checked_sub(ttl + Duration::from_secs(1)),
+            now.checked_sub(ttl - Duration::from_millis(200)),
+        ) else {
+            return;
+        };
+        // Full: two entries expired, two about to, the rest fresh.
+        for key in 0..capacity {
+            let at = match key {
+                0 | 1 => long_ago,
+                2 | 3 => soon_stale,
+                _ => now,
+            };
+            map.insert_at(key, key, at);
+        }
+        assert_eq!(map.len(), capacity);
+        // The inserts that filled it count: the next new key sweeps the two
+        // expired entries out and takes a place; one more fills the other.
+        map.insert(100, 100);
+        map.insert(101, 101);
+        assert_eq!((map.get(&100), map.get(&101)), (Some(100), Some(101)));
+        assert_eq!(map.len(), capacity);
+
+        // Two more entries expire. Until a share of the capacity has been
+        // inserted since the sweep, new keys are dropped and nothing is
+        // swept; the share's last insert sweeps and gets in.
+        std::thread::sleep(Duration::from_millis(250));
+        for key in 200..200 + share - 2 {
+            map.insert(key, key);
+            assert_eq!(
+                map.get(&key),
+                None,
+                "key {key} got in before a sweep was due"
+            );
+            assert_eq!(map.len(), capacity);
+        }
+        map.insert(300, 300);
+        assert_eq!(map.get(&300), Some(300));
+        assert_eq!(map.len(), capacity - 1);
     }
 }
