@@ -352,6 +352,32 @@ async fn each_outcome_commits_with_the_end_of_its_job_and_the_ack_has_nothing_le
     system.assert_invariants().await;
 }
 
+/// One worker started with `env`, a company (its token) and a simulated
+/// firewall (its id) that has taken one ticket, so the worker has settled
+/// after its start (its listener may have come up after that ticket's
+/// notification).
+async fn settled_worker(pool: PgPool, env: &[(&str, &str)]) -> (System, String, String) {
+    let system = System::start(pool, 1, env).await;
+    let token = system.register("Acme").await;
+    let pan = system
+        .create_integration(&token, simulated_firewall("fw", 0))
+        .await;
+    system
+        .run_ticket(
+            &token,
+            block_ip_ticket("first", &pan, "198.51.100.9"),
+            Duration::from_secs(30),
+        )
+        .await;
+    (system, token, pan)
+}
+
+/// The fetches the (first) worker has made.
+async fn fetches(system: &System) -> f64 {
+    let text = system.worker_metrics_text(0).await;
+    sample(&text, "txdx_worker_queue_seconds_count", "step=\"fetch\"").unwrap_or(0.0)
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_tick_only(
     pool: PgPool,
@@ -361,25 +387,8 @@ async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_ti
     // ticket, so one within 5 s is a notification's, however slow a loaded
     // machine makes it.
     let tick_secs = 20.0;
-    let system = System::start(pool, 1, &[("QUEUE_POLL_INTERVAL_MS", "20000")]).await;
-    let token = system.register("Acme").await;
-    let pan = system
-        .create_integration(&token, simulated_firewall("fw", 0))
-        .await;
-    let fetches = || async {
-        let text = system.worker_metrics_text(0).await;
-        sample(&text, "txdx_worker_queue_seconds_count", "step=\"fetch\"").unwrap_or(0.0)
-    };
-    // One ticket through, so the worker has settled after its start (its
-    // listener may have come up after this ticket's notification).
-    system
-        .run_ticket(
-            &token,
-            block_ip_ticket("first", &pan, "198.51.100.9"),
-            Duration::from_secs(30),
-        )
-        .await;
-    let before = fetches().await;
+    let (system, token, pan) = settled_worker(pool, &[("QUEUE_POLL_INTERVAL_MS", "20000")]).await;
+    let before = fetches(&system).await;
     let started = Instant::now();
     let tickets = 20;
     for i in 0..tickets {
@@ -408,7 +417,7 @@ async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_ti
     // the next notification, however often the worker's task wakes (each
     // delivery's end and each ack wake it), but for the tick.
     let ticks = (started.elapsed().as_secs_f64() / tick_secs).ceil();
-    let looked = fetches().await - before;
+    let looked = fetches(&system).await - before;
     assert!(
         looked <= f64::from(tickets) + ticks + 1.0,
         "{looked} fetches for {tickets} tickets one at a time"
@@ -423,34 +432,17 @@ async fn notifications_within_the_fetch_cooldown_are_answered_by_one_fetch_at_it
     // A second of cooldown and a tick far apart: the tickets below come
     // within the cooldown of the fetch the first one started.
     let cooldown = Duration::from_secs(1);
-    let system = System::start(
+    let (system, token, pan) = settled_worker(
         pool,
-        1,
         &[
             ("QUEUE_FETCH_COOLDOWN_MS", "1000"),
             ("QUEUE_POLL_INTERVAL_MS", "20000"),
         ],
     )
     .await;
-    let token = system.register("Acme").await;
-    let pan = system
-        .create_integration(&token, simulated_firewall("fw", 0))
-        .await;
-    let fetches = || async {
-        let text = system.worker_metrics_text(0).await;
-        sample(&text, "txdx_worker_queue_seconds_count", "step=\"fetch\"").unwrap_or(0.0)
-    };
-    // One ticket through, so the worker has settled after its start; then
-    // a cooldown's rest, so the next ticket is fetched at once.
-    system
-        .run_ticket(
-            &token,
-            block_ip_ticket("first", &pan, "198.51.100.9"),
-            Duration::from_secs(30),
-        )
-        .await;
+    // A cooldown's rest, so the next ticket is fetched at once.
     tokio::time::sleep(cooldown + Duration::from_millis(200)).await;
-    let before = fetches().await;
+    let before = fetches(&system).await;
 
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -464,7 +456,7 @@ async fn notifications_within_the_fetch_cooldown_are_answered_by_one_fetch_at_it
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     system.wait_all_terminal(Duration::from_secs(15)).await;
-    let looked = fetches().await - before;
+    let looked = fetches(&system).await - before;
     // The first ticket's fetch, then one for the five that came within
     // the cooldown: not one each.
     assert!(
