@@ -512,20 +512,10 @@ impl WireFormatBackend for ActionQueue {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::atomic::AtomicUsize,
-        task::{Wake, Waker},
-    };
+    use std::{sync::atomic::AtomicUsize, task::Waker};
 
     use super::*;
-
-    struct CountingWaker(AtomicUsize);
-
-    impl Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::wake::tests::CountingWaker;
 
     fn cooldown(every: Duration) -> FetchCooldown {
         FetchCooldown {

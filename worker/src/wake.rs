@@ -91,7 +91,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         sync::{
             Arc,
@@ -102,7 +102,8 @@ mod tests {
 
     use super::*;
 
-    struct CountingWaker(AtomicUsize);
+    /// A waker that counts its wakes (also used by the queue's tests).
+    pub(crate) struct CountingWaker(pub(crate) AtomicUsize);
 
     impl Wake for CountingWaker {
         fn wake(self: Arc<Self>) {
