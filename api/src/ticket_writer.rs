@@ -10,7 +10,8 @@
 //! and committing them in one transaction scoped to exactly their
 //! companies. Alone, a request is written at once; under load the requests
 //! that queued during one commit share the next, so the database does one
-//! commit and six statements for many tickets. A batch whose transaction
+//! commit and four statements for many tickets (integrations, backlogs when
+//! not remembered, tickets, then actions with their jobs and audit rows). A batch whose transaction
 //! fails is written again one request at a time, so one request's failure
 //! is its own. Requests with an `Idempotency-Key` go alone, in a
 //! transaction that claims the key first, through the same
@@ -42,11 +43,11 @@ use shared::{
     config::Config,
     db::{
         self, DbError, PgConnection,
-        audit::NewAuditEvent,
+        audit::{AuditRows, NewAuditEvent},
         tickets::{NewAction, NewTicket, NewTicketActions},
     },
     domain::{Integration, Ticket, TicketAction},
-    jobs::{self, ActionEnqueue, ActionJob},
+    jobs::{self, ActionEnqueue, ActionJob, ActionJobRows},
     providers::validate_action,
 };
 use uuid::Uuid;
@@ -271,6 +272,10 @@ pub async fn create_tickets(
             company_id: request.user.company_id,
             ticket_id: ticket.id,
             actions,
+            action_ids: actions
+                .iter()
+                .map(|_| db::tickets::new_action_id())
+                .collect(),
             first_job_id: job_id.as_deref(),
         })
         .collect();
@@ -288,32 +293,18 @@ pub async fn create_tickets(
     } else {
         backlog_cache.backlogs(conn, &companies).await?
     };
-    let mut written: HashMap<Uuid, Ticket> = db::tickets::insert_tickets(conn, &tickets)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t))
-        .collect();
-    let mut actions_of: HashMap<Uuid, Vec<TicketAction>> = HashMap::new();
-    for action in db::tickets::insert_ticket_actions(conn, &action_rows).await? {
-        actions_of.entry(action.ticket_id).or_default().push(action);
-    }
-
     let mut pushed_ids = Vec::new();
     let mut enqueues = Vec::new();
     for row in &action_rows {
-        let Some(job_id) = row.first_job_id else {
+        let (Some(job_id), Some(&first)) = (row.first_job_id, row.action_ids.first()) else {
             continue;
         };
-        let first = actions_of
-            .get(&row.ticket_id)
-            .and_then(|actions| actions.iter().find(|a| a.position == 0))
-            .ok_or_else(|| ApiError::Internal(anyhow!("an inserted action was not returned")))?;
         let backlog = backlogs.entry(row.company_id).or_insert(0);
         enqueues.push(ActionEnqueue {
             job: ActionJob {
                 company_id: row.company_id,
                 ticket_id: row.ticket_id,
-                action_id: first.id,
+                action_id: first,
             },
             run_at: None,
             backlog: *backlog,
@@ -321,7 +312,40 @@ pub async fn create_tickets(
         *backlog += 1;
         pushed_ids.push(job_id.to_owned());
     }
-    jobs::push_action_jobs(conn, &pushed_ids, &enqueues).await?;
+    let audits: Vec<NewAuditEvent<'_>> = valid
+        .iter()
+        .zip(tickets.iter().zip(&action_rows))
+        .map(|((request, actions), (ticket, row))| NewAuditEvent {
+            company_id: ticket.company_id,
+            actor_user_id: Some(request.user.user_id),
+            action: "ticket.created",
+            entity_type: "ticket",
+            entity_id: Some(ticket.id),
+            payload: json!({
+                "subject": ticket.subject,
+                "actions": actions.iter().zip(&row.action_ids).map(|(a, id)| json!({"id": id, "provider": a.provider, "action": a.action})).collect::<Vec<_>>(),
+            }),
+        })
+        .collect();
+
+    // Two statements: the tickets, then their actions with the first
+    // actions' jobs and the audit rows (one round trip for the three).
+    let mut written: HashMap<Uuid, Ticket> = db::tickets::insert_tickets(conn, &tickets)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    let mut actions_of: HashMap<Uuid, Vec<TicketAction>> = HashMap::new();
+    for action in db::tickets::insert_ticket_actions(
+        conn,
+        &action_rows,
+        &ActionJobRows::new(&pushed_ids, &enqueues)?,
+        &AuditRows::new(audits),
+    )
+    .await?
+    {
+        actions_of.entry(action.ticket_id).or_default().push(action);
+    }
     // What a count after this batch would see: every action it queued.
     let mut queued: HashMap<Uuid, i64> = HashMap::new();
     for row in &action_rows {
@@ -332,9 +356,8 @@ pub async fn create_tickets(
     }
 
     let mut results = Vec::with_capacity(requests.len());
-    let mut audits = Vec::with_capacity(tickets.len());
     let mut next_ticket = tickets.iter();
-    for (request, plan) in requests.iter().zip(plans) {
+    for plan in plans {
         if let Err(e) = plan {
             results.push(Err(e));
             continue;
@@ -345,20 +368,8 @@ pub async fn create_tickets(
             .ok_or_else(|| ApiError::Internal(anyhow!("an inserted ticket was not returned")))?;
         let mut actions = actions_of.remove(&ticket.id).unwrap_or_default();
         actions.sort_by_key(|a| a.position);
-        audits.push(NewAuditEvent {
-            company_id: ticket.company_id,
-            actor_user_id: Some(request.user.user_id),
-            action: "ticket.created",
-            entity_type: "ticket",
-            entity_id: Some(ticket.id),
-            payload: json!({
-                "subject": ticket.subject,
-                "actions": actions.iter().map(|a| json!({"id": a.id, "provider": a.provider, "action": a.action})).collect::<Vec<_>>(),
-            }),
-        });
         results.push(Ok(Created { ticket, actions }));
     }
-    db::audit::insert_audit_events(conn, audits).await?;
     Ok(results)
 }
 

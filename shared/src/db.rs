@@ -20,9 +20,9 @@
 use std::time::Duration;
 
 use sqlx::{
-    PgPool, Postgres, Transaction,
+    Arguments, PgPool, Postgres, Transaction,
     migrate::{MigrateError, Migrator},
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgArguments, PgConnectOptions, PgPoolOptions},
 };
 use uuid::Uuid;
 
@@ -375,6 +375,49 @@ async fn scope_as_app(
     .bind(APP_ROLE)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Adds `value` as the next parameter of `args` and returns its placeholder
+/// with `cast` (`$n::cast`): the parts of one statement (see
+/// [`tickets::insert_ticket_actions`]) bind their arrays in turn, each
+/// numbering its own placeholders.
+///
+/// # Errors
+/// When the value cannot be encoded.
+pub fn bind_next<'t, T>(args: &mut PgArguments, value: T, cast: &str) -> Result<String, DbError>
+where
+    T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>,
+{
+    args.add(value).map_err(sqlx::Error::Encode)?;
+    Ok(format!("${}::{cast}", args.len()))
+}
+
+/// Rows held as the arrays of one insert, which can run alone
+/// ([`execute_insert`]) or be one part of a larger statement (a new
+/// ticket's, [`tickets::insert_ticket_actions`]).
+pub trait ArrayInsert {
+    /// Binds the rows' arrays as the next parameters of `args` (see
+    /// [`bind_next`]) and returns the insert that reads them.
+    ///
+    /// # Errors
+    /// When a value cannot be encoded.
+    fn bind_insert(&self, args: &mut PgArguments) -> Result<String, DbError>;
+}
+
+/// Runs the insert of `rows` as a statement of its own.
+///
+/// # Errors
+/// When the insert fails.
+pub async fn execute_insert(
+    conn: &mut sqlx::PgConnection,
+    rows: &impl ArrayInsert,
+) -> Result<(), DbError> {
+    let mut args = PgArguments::default();
+    let insert = rows.bind_insert(&mut args)?;
+    sqlx::query_with(sqlx::AssertSqlSafe(insert), args)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -1,17 +1,20 @@
 //! The queue contract between api and worker: the job payload and the
 //! functions that enqueue it inside the caller's transaction.
 //!
-//! Jobs go into apalis-postgres's `apalis.jobs` table with
-//! `apalis_postgres::queries::push_tasks`, which takes any executor: called
-//! with our transaction, the job commits or rolls back with the ticket.
+//! Jobs go into apalis-postgres's `apalis.jobs` table in the caller's
+//! transaction, so a job commits or rolls back with its ticket. Action jobs
+//! go by our own insert of apalis's row
+//! ([`ActionJobRows`](crate::jobs::ActionJobRows), which can be part of a
+//! larger statement), connection tests by
+//! `apalis_postgres::queries::push_tasks`.
 
 use apalis::prelude::{TaskBuilder, TaskId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, postgres::PgArguments};
 use uuid::Uuid;
 
-use crate::db::DbError;
+use crate::db::{ArrayInsert, DbError, bind_next, execute_insert};
 
 /// The apalis queue (`job_type`) that carries ticket actions.
 pub const ACTION_QUEUE: &str = "txdx::ticket_action";
@@ -102,9 +105,8 @@ pub async fn enqueue_actions(
 }
 
 /// Pushes one job per item of `jobs` with the id at the same index of
-/// `job_ids`, in one insert, and nothing else: for callers that wrote each
-/// job id on its action themselves (a new ticket's actions are inserted with
-/// it, which saves [`enqueue_actions`]' update).
+/// `job_ids`, in one insert, and nothing else: for callers that record each
+/// job id on its action themselves.
 ///
 /// # Errors
 /// When the insert fails, or the two slices differ in length.
@@ -113,37 +115,66 @@ pub async fn push_action_jobs(
     job_ids: &[String],
     jobs: &[ActionEnqueue],
 ) -> Result<(), DbError> {
-    if job_ids.len() != jobs.len() {
-        return Err(DbError::Invalid {
-            field: "job".into(),
-            message: format!("{} job ids for {} jobs", job_ids.len(), jobs.len()),
-        });
-    }
-    let mut tasks = Vec::with_capacity(jobs.len());
-    for (job_id, item) in job_ids.iter().zip(jobs) {
-        let args = serde_json::to_vec(&item.job).map_err(|e| DbError::Invalid {
-            field: "job".into(),
-            message: e.to_string(),
-        })?;
-        let mut builder = TaskBuilder::new(args)
-            .task_id(TaskId::from_string(job_id.clone()))
-            .max_attempts(QUEUE_MAX_ATTEMPTS)
-            .priority(fair_priority(item.backlog));
-        if let Some(at) = item.run_at {
-            let at = queue_run_at(at);
-            builder = builder.run_at_timestamp(u64::try_from(at.timestamp()).unwrap_or(0));
-        }
-        tasks.push(builder.build());
-    }
-    apalis_postgres::queries::push_tasks(&mut *conn, ACTION_QUEUE, tasks)
-        .await
-        .map_err(|e| match e {
-            apalis_postgres::Error::Database(db) => DbError::from(db),
-            other => DbError::Invalid {
+    execute_insert(conn, &ActionJobRows::new(job_ids, jobs)?).await
+}
+
+/// New action jobs as the arrays of one insert into apalis's table
+/// ([`ArrayInsert`]).
+///
+/// The row is the one `apalis_postgres::queries::push_tasks` writes (its
+/// `sink.sql`): `Pending`, no attempts, empty metadata, no idempotency key.
+/// A job due now gets the transaction's `now()` (apalis's own insert uses
+/// the client's clock in whole seconds); a later one its time rounded up
+/// by [`queue_run_at`].
+#[derive(Debug, Default)]
+pub struct ActionJobRows {
+    ids: Vec<String>,
+    payloads: Vec<Vec<u8>>,
+    run_at: Vec<Option<i64>>,
+    priorities: Vec<i32>,
+}
+
+impl ActionJobRows {
+    /// The rows of `jobs`, the id of each at the same index of `job_ids`.
+    ///
+    /// # Errors
+    /// When the two slices differ in length.
+    pub fn new(job_ids: &[String], jobs: &[ActionEnqueue]) -> Result<Self, DbError> {
+        if job_ids.len() != jobs.len() {
+            return Err(DbError::Invalid {
                 field: "job".into(),
-                message: other.to_string(),
-            },
-        })
+                message: format!("{} job ids for {} jobs", job_ids.len(), jobs.len()),
+            });
+        }
+        let mut rows = Self::default();
+        for (id, item) in job_ids.iter().zip(jobs) {
+            rows.ids.push(id.clone());
+            rows.payloads
+                .push(serde_json::to_vec(&item.job).map_err(|e| DbError::Invalid {
+                    field: "job".into(),
+                    message: e.to_string(),
+                })?);
+            rows.run_at
+                .push(item.run_at.map(|at| queue_run_at(at).timestamp()));
+            rows.priorities
+                .push(i32::try_from(fair_priority(item.backlog)).unwrap_or(0));
+        }
+        Ok(rows)
+    }
+}
+
+impl ArrayInsert for ActionJobRows {
+    fn bind_insert(&self, args: &mut PgArguments) -> Result<String, DbError> {
+        let ids = bind_next(args, &self.ids, "text[]")?;
+        let payloads = bind_next(args, &self.payloads, "bytea[]")?;
+        let run_at = bind_next(args, &self.run_at, "int8[]")?;
+        let priorities = bind_next(args, &self.priorities, "int4[]")?;
+        Ok(format!(
+            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+             SELECT v.id, '{ACTION_QUEUE}', v.job, 'Pending', 0, {QUEUE_MAX_ATTEMPTS}, coalesce(to_timestamp(v.run_at), now()), v.priority, ''::hstore
+             FROM unnest({ids}, {payloads}, {run_at}, {priorities}) AS v(id, job, run_at, priority)"
+        ))
+    }
 }
 
 /// The apalis queue that carries integration connection tests.

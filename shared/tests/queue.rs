@@ -775,6 +775,82 @@ async fn only_jobs_with_an_idempotency_key_enter_its_index_and_duplicates_are_re
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_pushed_action_job_is_the_row_apalis_writes(pool: PgPool) {
+    use apalis::prelude::{TaskBuilder, TaskId};
+    use shared::jobs::{
+        ActionEnqueue, QUEUE_MAX_ATTEMPTS, fair_priority, new_job_id, queue_run_at,
+    };
+
+    db::migrate(&pool).await.unwrap();
+    let later = Utc::now() + chrono::Duration::milliseconds(90_500);
+    // Each job twice: one pushed by apalis-postgres's own insert, as this
+    // code did before, its twin by ours.
+    let mut twins = Vec::new();
+    for (backlog, run_at) in [(0, None), (250, Some(later))] {
+        let item = ActionEnqueue {
+            job: ActionJob {
+                company_id: Uuid::now_v7(),
+                ticket_id: Uuid::now_v7(),
+                action_id: Uuid::now_v7(),
+            },
+            run_at,
+            backlog,
+        };
+        let (theirs, ours) = (new_job_id(), new_job_id());
+        let mut builder = TaskBuilder::new(serde_json::to_vec(&item.job).unwrap())
+            .task_id(TaskId::from_string(theirs.clone()))
+            .max_attempts(QUEUE_MAX_ATTEMPTS)
+            .priority(fair_priority(item.backlog));
+        if let Some(at) = run_at {
+            builder =
+                builder.run_at_timestamp(u64::try_from(queue_run_at(at).timestamp()).unwrap());
+        }
+        let mut conn = pool.acquire().await.unwrap();
+        apalis_postgres::queries::push_tasks(&mut *conn, ACTION_QUEUE, vec![builder.build()])
+            .await
+            .unwrap();
+        shared::jobs::push_action_jobs(&mut conn, std::slice::from_ref(&ours), &[item])
+            .await
+            .unwrap();
+        twins.push((theirs, ours, run_at));
+    }
+
+    let row = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Vec<u8>, String, i32, i32, i32, String, Option<String>, Option<String>, Option<DateTime<Utc>>, DateTime<Utc>)>(
+                "SELECT job_type, job, status, attempts, max_attempts, priority, metadata::text, idempotency_key, lock_by, done_at, run_at FROM apalis.jobs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for (theirs, ours, run_at) in twins {
+        let (mut apalis_row, mut our_row) = (row(theirs).await, row(ours).await);
+        let (apalis_at, our_at) = (apalis_row.10, our_row.10);
+        match run_at {
+            // apalis writes the client's clock in whole seconds; ours the
+            // transaction's: both due at once.
+            None => {
+                assert!(apalis_at <= Utc::now() && our_at <= Utc::now());
+                assert!((our_at - apalis_at).num_milliseconds().abs() < 2_000);
+            }
+            Some(at) => {
+                assert_eq!(
+                    our_at, apalis_at,
+                    "a scheduled job runs at its time rounded up"
+                );
+                assert_eq!(our_at, queue_run_at(at));
+            }
+        }
+        (apalis_row.10, our_row.10) = (our_at, our_at);
+        assert_eq!(our_row, apalis_row);
+    }
+}
+
+#[sqlx::test(migrations = false)]
 async fn an_ack_writes_the_row_apalis_writes_and_only_for_the_worker_holding_the_job(pool: PgPool) {
     use std::str::FromStr;
 
@@ -928,17 +1004,16 @@ async fn job_ends_are_found_by_primary_key_with_plans_kept_from_before_the_table
     assert_eq!(after.2 - before.2, 1, "one index scan");
 }
 
+/// apalis-postgres's own insert (the connection tests' jobs go through it)
+/// dates a job by the client's clock in whole seconds; the action jobs'
+/// insert by the transaction's `now()`, due at once by construction.
 #[sqlx::test(migrations = false)]
 async fn a_job_inserted_after_its_transaction_crossed_a_second_still_notifies_the_workers(
     pool: PgPool,
 ) {
+    use shared::jobs::{CHECK_QUEUE, CheckJob, enqueue_check};
+
     db::migrate(&pool).await.unwrap();
-    let (company, _, actions) = seed(&pool, json!({}), 1).await;
-    let ticket: Uuid = sqlx::query_scalar("SELECT ticket_id FROM ticket_actions WHERE id = $1")
-        .bind(actions[0])
-        .fetch_one(&pool)
-        .await
-        .unwrap();
     let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
         .await
         .unwrap();
@@ -954,25 +1029,17 @@ async fn a_job_inserted_after_its_transaction_crossed_a_second_still_notifies_th
     while Utc::now().timestamp() <= began.timestamp() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let ids = shared::jobs::enqueue_actions(
-        &mut tx,
-        &[shared::jobs::ActionEnqueue {
-            job: ActionJob {
-                company_id: company,
-                ticket_id: ticket,
-                action_id: actions[0],
-            },
-            run_at: None,
-            backlog: 0,
-        }],
-    )
-    .await
-    .unwrap();
-    let run_at: DateTime<Utc> = sqlx::query_scalar("SELECT run_at FROM apalis.jobs WHERE id = $1")
-        .bind(&ids[0])
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    let job = CheckJob {
+        company_id: Uuid::now_v7(),
+        check_id: Uuid::now_v7(),
+    };
+    enqueue_check(&mut tx, &job).await.unwrap();
+    let (id, run_at): (String, DateTime<Utc>) =
+        sqlx::query_as("SELECT id, run_at FROM apalis.jobs WHERE job_type = $1")
+            .bind(CHECK_QUEUE)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
     assert!(
         run_at > began,
         "the case under test: run_at {run_at} after the transaction's start {began}"
@@ -984,6 +1051,6 @@ async fn a_job_inserted_after_its_transaction_crossed_a_second_still_notifies_th
         .expect("the new job's notification")
         .unwrap();
     let payload: serde_json::Value = serde_json::from_str(notification.payload()).unwrap();
-    assert_eq!(payload["id"], ids[0].as_str());
-    assert_eq!(payload["job_type"], ACTION_QUEUE);
+    assert_eq!(payload["id"], id.as_str());
+    assert_eq!(payload["job_type"], CHECK_QUEUE);
 }

@@ -1,10 +1,10 @@
 //! The audit log: one row per state change, written in the caller's transaction.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, postgres::PgArguments};
 use uuid::Uuid;
 
-use super::DbError;
+use super::{ArrayInsert, DbError, bind_next, execute_insert};
 use crate::domain::AuditEvent;
 
 /// A row to append.
@@ -57,38 +57,53 @@ pub async fn insert_audit_events(
     if events.is_empty() {
         return Ok(());
     }
-    let n = events.len();
-    let (mut companies, mut actors, mut verbs) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut types, mut entities, mut payloads) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for event in events {
-        companies.push(event.company_id);
-        actors.push(event.actor_user_id);
-        verbs.push(event.action);
-        types.push(event.entity_type);
-        entities.push(event.entity_id);
-        payloads.push(event.payload);
+    execute_insert(conn, &AuditRows::new(events)).await
+}
+
+/// Audit rows as the arrays of one insert ([`ArrayInsert`]).
+#[derive(Debug, Default)]
+pub struct AuditRows<'a> {
+    companies: Vec<Uuid>,
+    actors: Vec<Option<Uuid>>,
+    verbs: Vec<&'a str>,
+    types: Vec<&'a str>,
+    entities: Vec<Option<Uuid>>,
+    payloads: Vec<serde_json::Value>,
+}
+
+impl<'a> AuditRows<'a> {
+    /// The rows of `events`.
+    #[must_use]
+    pub fn new(events: Vec<NewAuditEvent<'a>>) -> Self {
+        let mut rows = Self::default();
+        for event in events {
+            rows.companies.push(event.company_id);
+            rows.actors.push(event.actor_user_id);
+            rows.verbs.push(event.action);
+            rows.types.push(event.entity_type);
+            rows.entities.push(event.entity_id);
+            rows.payloads.push(event.payload);
+        }
+        rows
     }
-    sqlx::query(
-        "INSERT INTO audit_logs (company_id, actor_user_id, action, entity_type, entity_id, payload)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::jsonb[])",
-    )
-    .bind(&companies)
-    .bind(&actors)
-    .bind(&verbs)
-    .bind(&types)
-    .bind(&entities)
-    .bind(&payloads)
-    .execute(conn)
-    .await?;
-    Ok(())
+}
+
+impl ArrayInsert for AuditRows<'_> {
+    fn bind_insert(&self, args: &mut PgArguments) -> Result<String, DbError> {
+        let columns = [
+            bind_next(args, &self.companies, "uuid[]")?,
+            bind_next(args, &self.actors, "uuid[]")?,
+            bind_next(args, &self.verbs, "text[]")?,
+            bind_next(args, &self.types, "text[]")?,
+            bind_next(args, &self.entities, "uuid[]")?,
+            bind_next(args, &self.payloads, "jsonb[]")?,
+        ];
+        Ok(format!(
+            "INSERT INTO audit_logs (company_id, actor_user_id, action, entity_type, entity_id, payload)
+             SELECT * FROM unnest({})",
+            columns.join(", ")
+        ))
+    }
 }
 
 /// Filters for [`list_audit_events`].

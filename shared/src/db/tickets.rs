@@ -1,11 +1,12 @@
 //! Tickets, their actions, and the Idempotency-Key records of ticket creation.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, postgres::PgArguments};
 use uuid::Uuid;
 
-use super::DbError;
+use super::{ArrayInsert, DbError, audit::AuditRows, bind_next};
 use crate::domain::{Provider, Ticket, TicketAction, TicketStatus};
+use crate::jobs::ActionJobRows;
 
 const TICKET_COLUMNS: &str = "id, company_id, created_by_user_id, subject, description, status, status_reason, executed_at, created_at, updated_at";
 const ACTION_COLUMNS: &str = "id, company_id, ticket_id, position, integration_id, provider, action, params, status, attempts, max_attempts, last_error, result, next_attempt_at, started_at, finished_at, created_at, updated_at";
@@ -57,8 +58,17 @@ pub struct NewTicketActions<'a> {
     pub ticket_id: Uuid,
     /// Its actions, in execution order (positions 0..).
     pub actions: &'a [NewAction],
+    /// Their ids, from [`new_action_id`], one per action: the caller names
+    /// them in the ticket's audit row, written by the same statement.
+    pub action_ids: Vec<Uuid>,
     /// The queue job the caller pushes for the first action.
     pub first_job_id: Option<&'a str>,
+}
+
+/// A fresh action id, time-ordered like [`new_ticket_id`].
+#[must_use]
+pub fn new_action_id() -> Uuid {
+    Uuid::now_v7()
 }
 
 /// Inserts tickets, all in one statement; the rows come back in no
@@ -92,20 +102,24 @@ pub async fn insert_tickets(
     .await?)
 }
 
-/// Inserts the actions of several new tickets at positions 0.. of each, in
-/// one statement; each ticket's first action carries its `first_job_id`.
-/// The rows come back in no particular order.
+/// Inserts the actions of several new tickets at positions 0.. of each,
+/// the queue jobs of `jobs` and the audit rows of `audits`, all in one
+/// statement: under load each round trip of a new ticket's transaction
+/// waits for a core, and that wait is paid in `POST /api/tickets` latency
+/// (BENCHMARKS.md). Each ticket's first action carries its `first_job_id`.
+/// The actions come back in no particular order.
 ///
 /// # Errors
-/// Database failures.
+/// Database failures, or a ticket whose `action_ids` do not match its
+/// actions.
 pub async fn insert_ticket_actions(
     conn: &mut PgConnection,
     tickets: &[NewTicketActions<'_>],
+    jobs: &ActionJobRows,
+    audits: &AuditRows<'_>,
 ) -> Result<Vec<TicketAction>, DbError> {
     let n: usize = tickets.iter().map(|t| t.actions.len()).sum();
-    if n == 0 {
-        return Ok(Vec::new());
-    }
+    let mut ids = Vec::with_capacity(n);
     let mut companies = Vec::with_capacity(n);
     let mut ticket_ids = Vec::with_capacity(n);
     let mut job_ids: Vec<Option<&str>> = Vec::with_capacity(n);
@@ -116,7 +130,18 @@ pub async fn insert_ticket_actions(
     let mut params: Vec<&serde_json::Value> = Vec::with_capacity(n);
     let mut max_attempts: Vec<i32> = Vec::with_capacity(n);
     for ticket in tickets {
-        for (i, action) in ticket.actions.iter().enumerate() {
+        if ticket.action_ids.len() != ticket.actions.len() {
+            return Err(DbError::Invalid {
+                field: "actions".into(),
+                message: format!(
+                    "{} ids for {} actions",
+                    ticket.action_ids.len(),
+                    ticket.actions.len()
+                ),
+            });
+        }
+        for (i, (action, id)) in ticket.actions.iter().zip(&ticket.action_ids).enumerate() {
+            ids.push(*id);
             companies.push(ticket.company_id);
             ticket_ids.push(ticket.ticket_id);
             job_ids.push(if i == 0 { ticket.first_job_id } else { None });
@@ -128,20 +153,36 @@ pub async fn insert_ticket_actions(
             max_attempts.push(action.max_attempts);
         }
     }
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO ticket_actions (company_id, ticket_id, job_id, position, integration_id, provider, action, params, max_attempts)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::uuid[], $6::text[], $7::text[], $8::jsonb[], $9::int[])
-         RETURNING {ACTION_COLUMNS}"
-    )))
-    .bind(&companies)
-    .bind(&ticket_ids)
-    .bind(&job_ids)
-    .bind(&positions)
-    .bind(&integrations)
-    .bind(&providers)
-    .bind(&names)
-    .bind(&params)
-    .bind(&max_attempts)
+    let mut args = PgArguments::default();
+    let columns = [
+        bind_next(&mut args, &ids, "uuid[]")?,
+        bind_next(&mut args, &companies, "uuid[]")?,
+        bind_next(&mut args, &ticket_ids, "uuid[]")?,
+        bind_next(&mut args, &job_ids, "text[]")?,
+        bind_next(&mut args, &positions, "int[]")?,
+        bind_next(&mut args, &integrations, "uuid[]")?,
+        bind_next(&mut args, &providers, "text[]")?,
+        bind_next(&mut args, &names, "text[]")?,
+        bind_next(&mut args, &params, "jsonb[]")?,
+        bind_next(&mut args, &max_attempts, "int[]")?,
+    ]
+    .join(", ");
+    let push_jobs = jobs.bind_insert(&mut args)?;
+    let audit = audits.bind_insert(&mut args)?;
+    // Data-modifying CTEs all run to completion, read or not; the foreign
+    // key of each action to its ticket, inserted by the caller's previous
+    // statement, is checked at the statement's end.
+    Ok(sqlx::query_as_with(
+        sqlx::AssertSqlSafe(format!(
+            "WITH actions AS (
+                INSERT INTO ticket_actions (id, company_id, ticket_id, job_id, position, integration_id, provider, action, params, max_attempts)
+                SELECT * FROM unnest({columns})
+                RETURNING {ACTION_COLUMNS}
+             ), jobs AS ({push_jobs}), audit AS ({audit})
+             SELECT {ACTION_COLUMNS} FROM actions"
+        )),
+        args,
+    )
     .fetch_all(conn)
     .await?)
 }
