@@ -51,6 +51,41 @@ pub fn cpu_seconds(pid: u32, children: bool) -> Option<f64> {
     Some((own + reaped) as f64 / ticks_per_second())
 }
 
+/// The whole machine's CPU time so far, summed over its CPUs, from the
+/// first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineCpu {
+    /// Seconds spent running anything: user, nice, system, interrupts.
+    pub busy_secs: f64,
+    /// Seconds a virtual CPU was ready to run but the hypervisor ran
+    /// something else.
+    pub steal_secs: f64,
+}
+
+/// [`MachineCpu`] now.
+pub fn machine_cpu() -> Option<MachineCpu> {
+    parse_machine_cpu(&fs::read_to_string("/proc/stat").ok()?, ticks_per_second())
+}
+
+fn parse_machine_cpu(stat: &str, ticks_per_second: f64) -> Option<MachineCpu> {
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal guest guest_nice; a
+    // guest's time is already counted in user and nice.
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks")]
+    Some(MachineCpu {
+        busy_secs: busy as f64 / ticks_per_second,
+        steal_secs: field(7) as f64 / ticks_per_second,
+    })
+}
+
 /// A `VmXxx:` line of `/proc/<pid>/status`, in KiB.
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let raw = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -169,6 +204,21 @@ mod tests {
         assert!(peak_rss_mib(me).is_some_and(|m| m > 0.0));
         assert!(rss_mib(me).is_some_and(|m| m > 0.0));
         assert!(parent(me).is_some());
+    }
+
+    #[test]
+    fn the_machine_line_of_proc_stat_splits_into_busy_and_stolen_time() {
+        let stat =
+            "cpu  300 20 100 5000 40 5 15 60 7 0\ncpu0 150 10 50 2500 20 2 7 30 3 0\nintr 1\n";
+        assert_eq!(
+            parse_machine_cpu(stat, 100.0),
+            Some(MachineCpu {
+                busy_secs: 4.4,
+                steal_secs: 0.6,
+            })
+        );
+        assert_eq!(parse_machine_cpu("cpu0 1 2 3\n", 100.0), None);
+        assert!(machine_cpu().is_some_and(|m| m.busy_secs > 0.0));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::{
     plot::{Chart, Series},
     probe::{ServerInfo, Settled, Statement, WaitSample},
     stats::Percentiles,
-    system::ProcUsage,
+    system::{OTHERS, ProcUsage, STOLEN},
 };
 
 /// The machine and server measured.
@@ -359,15 +359,23 @@ fn usage_brief(usage: &[ProcUsage]) -> String {
     let mut workers = 0.0;
     let mut pg = 0.0;
     let mut bench = 0.0;
+    let mut others = None;
+    let mut stolen = None;
     for u in usage {
         match u.name.as_str() {
             "api" => api += u.cores,
             "postgres" => pg += u.cores,
             "bench" => bench += u.cores,
+            OTHERS => others = Some(u.cores),
+            STOLEN => stolen = Some(u.cores),
             _ => workers += u.cores,
         }
     }
-    format!("{api:.2} / {workers:.2} / {pg:.2} / {bench:.2}")
+    let mut brief = format!("{api:.2} / {workers:.2} / {pg:.2} / {bench:.2}");
+    if let (Some(others), Some(stolen)) = (others, stolen) {
+        let _ = write!(brief, " + {others:.2} + {stolen:.2}");
+    }
+    brief
 }
 
 fn usage_table(s: &mut String, title: &str, usage: &[ProcUsage]) {
@@ -384,15 +392,20 @@ fn usage_table(s: &mut String, title: &str, usage: &[ProcUsage]) {
             }
         };
         let (rss, hwm) = (mib(u.peak_rss_mib), mib(u.lifetime_peak_rss_mib));
-        let conns = if u.name == "bench" {
+        let conns = if matches!(u.name.as_str(), "bench" | OTHERS | STOLEN) {
             "–".to_owned()
         } else {
             u.peak_db_connections.to_string()
         };
+        let name = match u.name.as_str() {
+            OTHERS => "rest of the machine (other processes, interrupts)",
+            STOLEN => "stolen by the hypervisor",
+            name => name,
+        };
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.2} | {rss} | {hwm} | {conns} |",
-            u.name, u.cpu_secs, u.cores
+            "| {name} | {:.1} | {:.2} | {rss} | {hwm} | {conns} |",
+            u.cpu_secs, u.cores
         );
     }
 }
@@ -465,7 +478,7 @@ pub fn markdown(r: &Results) -> String {
 
     let _ = writeln!(
         s,
-        "\n## POST /api/tickets at fixed offered rates ({} worker processes running)\n\nOpen loop: each request is sent at its intended time; latency runs from that time to the full response. POST→EXECUTED is `executed_at − created_at` in the database. GET is `GET /api/tickets?limit=50` sent at {}/s alongside. Cores: api / workers / PostgreSQL / load generator.\n\n| offered/s | 201/s | POST p50 | p95 | p99 | max | errors | POST→EXECUTED p50 | p95 | p99 | executed/s | GET p50 | GET p99 | cores |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "\n## POST /api/tickets at fixed offered rates ({} worker processes running)\n\nOpen loop: each request is sent at its intended time; latency runs from that time to the full response. POST→EXECUTED is `executed_at − created_at` in the database. GET is `GET /api/tickets?limit=50` sent at {}/s alongside. Cores: api / workers / PostgreSQL / load generator, then + the rest of the machine's busy time (other processes, interrupts) + time stolen by the hypervisor.\n\n| offered/s | 201/s | POST p50 | p95 | p99 | max | errors | POST→EXECUTED p50 | p95 | p99 | executed/s | GET p50 | GET p99 | cores |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         r.settings.sweep_workers, r.settings.get_rate
     );
     for st in &r.sweep {
@@ -499,7 +512,7 @@ pub fn markdown(r: &Results) -> String {
 
     let _ = writeln!(
         s,
-        "\n## End-to-end saturation throughput by worker processes\n\nThe api offered more than the pipeline can take; executed/s counts tickets reaching EXECUTED after the first quarter of the run.\n\n| workers | offered/s | 201/s | executed/s | ÷ pgbench one-at-a-time | ÷ pgbench batched | POST p99 | cores (api / workers / PG / generator) | peak RSS api / max worker MiB |\n|---:|---:|---:|---:|---:|---:|---:|---|---|"
+        "\n## End-to-end saturation throughput by worker processes\n\nThe api offered more than the pipeline can take; executed/s counts tickets reaching EXECUTED after the first quarter of the run.\n\n| workers | offered/s | 201/s | executed/s | ÷ pgbench one-at-a-time | ÷ pgbench batched | POST p99 | cores (api / workers / PG / generator + rest + stolen) | peak RSS api / max worker MiB |\n|---:|---:|---:|---:|---:|---:|---:|---|---|"
     );
     for sat in &r.saturation {
         let api_rss = sat

@@ -100,6 +100,12 @@ impl Proc {
     }
 }
 
+/// The [`ProcUsage`] of the machine's busy time that none of the measured
+/// processes used.
+pub const OTHERS: &str = "others";
+/// The [`ProcUsage`] of the time the hypervisor ran something else.
+pub const STOLEN: &str = "stolen";
+
 /// CPU and memory of one process over one phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcUsage {
@@ -361,6 +367,7 @@ impl System {
                 .collect(),
             postgres: self.postmaster.and_then(procfs::postgres_cpu_seconds),
             bench: procfs::cpu_seconds(std::process::id(), false),
+            machine: procfs::machine_cpu(),
         }
     }
 
@@ -414,6 +421,25 @@ impl System {
                 peak_db_connections: 0,
             });
         }
+        // What the processes above did not use of the machine's busy time
+        // (other processes, interrupts such as loopback networking), and
+        // what the hypervisor took: a phase that shares its machine says so.
+        if let (Some(before), Some(after)) = (mark.machine, procfs::machine_cpu()) {
+            let ours: f64 = usage.iter().map(|u| u.cpu_secs).sum();
+            for (name, secs) in [
+                (OTHERS, (after.busy_secs - before.busy_secs - ours).max(0.0)),
+                (STOLEN, (after.steal_secs - before.steal_secs).max(0.0)),
+            ] {
+                usage.push(ProcUsage {
+                    name: name.into(),
+                    cpu_secs: secs,
+                    cores: secs / wall,
+                    peak_rss_mib: 0.0,
+                    lifetime_peak_rss_mib: 0.0,
+                    peak_db_connections: 0,
+                });
+            }
+        }
         usage
     }
 }
@@ -424,6 +450,7 @@ pub struct Mark {
     cpu: HashMap<u32, f64>,
     postgres: Option<f64>,
     bench: Option<f64>,
+    machine: Option<procfs::MachineCpu>,
 }
 
 /// Stops sampling when dropped.
