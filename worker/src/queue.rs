@@ -361,6 +361,15 @@ struct FetchCooldown {
 }
 
 impl FetchCooldown {
+    /// A cooldown of `every`; `0` never waits.
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last_start: None,
+            timer: None,
+        }
+    }
+
     /// Ready when a fetch may start now; else pending, with `cx`'s waker
     /// held by a timer set to the moment it may.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -415,11 +424,7 @@ impl ActionQueue {
             wake,
             drained,
             woken: false,
-            cooldown: FetchCooldown {
-                every: cooldown,
-                last_start: None,
-                timer: None,
-            },
+            cooldown: FetchCooldown::new(cooldown),
         }
     }
 }
@@ -517,20 +522,12 @@ mod tests {
     use super::*;
     use crate::wake::tests::CountingWaker;
 
-    fn cooldown(every: Duration) -> FetchCooldown {
-        FetchCooldown {
-            every,
-            last_start: None,
-            timer: None,
-        }
-    }
-
     #[tokio::test]
     async fn a_fetch_waits_out_the_cooldown_of_the_previous_one_and_is_woken_at_its_end() {
         let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut cooldown = cooldown(Duration::from_millis(100));
+        let mut cooldown = FetchCooldown::new(Duration::from_millis(100));
 
         assert!(cooldown.poll_ready(&mut cx).is_ready(), "no fetch yet");
         cooldown.started();
@@ -552,7 +549,7 @@ mod tests {
     async fn without_a_cooldown_every_fetch_may_start_at_once() {
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let mut cooldown = cooldown(Duration::ZERO);
+        let mut cooldown = FetchCooldown::new(Duration::ZERO);
         cooldown.started();
         assert!(cooldown.poll_ready(&mut cx).is_ready());
         cooldown.started();
