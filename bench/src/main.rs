@@ -43,7 +43,7 @@ use sqlx::PgPool;
 
 use crate::{
     load::{Request, Tenant},
-    report::{Drain, Results, Saturation, Step},
+    report::{Drain, RampRun, Results, Saturation, Step},
     stats::Percentiles,
     system::System,
 };
@@ -91,6 +91,10 @@ struct Cli {
     /// Seconds of each saturation run and of each half-saturation step.
     #[arg(long)]
     saturation_secs: Option<f64>,
+    /// Most saturation runs per worker count: each offers 25 % more than
+    /// the one before, until the pipeline falls behind (default 4, smoke 2).
+    #[arg(long)]
+    ramp_runs: Option<usize>,
     /// Half-saturation steps, back to back, of the main figures and of each
     /// growth run (their figures are the medians; default 3, smoke 2).
     #[arg(long)]
@@ -166,6 +170,8 @@ struct Plan {
     sweep_workers: usize,
     workers: Vec<usize>,
     saturation: Duration,
+    /// Most saturation runs per worker count.
+    ramp_runs: usize,
     half_steps: usize,
     drain_tickets: usize,
     drain_workers: usize,
@@ -210,6 +216,7 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| if smoke { vec![1, 2] } else { vec![1, 2, 4] }),
             saturation: secs(cli.saturation_secs, 20.0, 2.0),
+            ramp_runs: cli.ramp_runs.unwrap_or(if smoke { 2 } else { 4 }).max(1),
             half_steps: cli.half_steps.unwrap_or(if smoke { 2 } else { 3 }).max(1),
             drain_tickets: cli
                 .drain_tickets
@@ -420,6 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sweep_workers: plan.sweep_workers,
             step_secs: plan.step.as_secs_f64(),
             saturation_secs: plan.saturation.as_secs_f64(),
+            saturation_ramp_runs: plan.ramp_runs,
             get_rate: cli.get_rate,
             burst_get_rate: cli.burst_get_rate,
         },
@@ -545,29 +553,29 @@ async fn measure(
     // Overload: the highest rate the api itself answered in full, or what it managed.
     let overload = post_sat.unwrap_or(best_post).max(best_post).max(1.0);
 
-    // Saturation by worker count.
-    let mut saturation = Vec::new();
+    // Saturation by worker count: each starts where the previous one's best
+    // run did, since more workers take at least as much.
+    let mut saturation: Vec<Saturation> = Vec::new();
     let mut statements = Vec::new();
     for &workers in &plan.workers {
         let last = Some(&workers) == plan.workers.iter().max();
         if last && stat_statements {
             probe::reset_statements(db).await?;
         }
-        let sat = run_saturation(
+        let start = saturation
+            .last()
+            .map_or(overload, |s| s.offered_rate.max(overload));
+        let sat = ramp_saturation(
             system,
             client,
             db,
             &tenants,
             workers,
-            overload,
+            (start, plan.ramp_runs),
             plan.saturation,
             drain_timeout,
         )
         .await?;
-        say(format!(
-            "saturation with {workers} workers: {:.0} executed/s (offered {overload:.0}/s)",
-            sat.executed_rate
-        ));
         saturation.push(sat);
         if last && stat_statements {
             statements.push((
@@ -829,6 +837,66 @@ async fn run_step(
     })
 }
 
+/// Each ramp run offers this much more than the one before.
+const RAMP_FACTOR: f64 = 1.25;
+
+/// Saturation runs with `workers` workers from `start` offered/s upwards,
+/// by [`RAMP_FACTOR`], until the pipeline falls behind what it is offered
+/// (fewer than 95 % of the POSTs answered 201, or fewer than 95 % of the
+/// answered tickets EXECUTED per second) or `runs` runs. A rate the
+/// sweep answered in full may be one the pipeline still keeps up with: the
+/// ramp goes past it. Returns the run with the most EXECUTED per second,
+/// with every run's rates in `ramp`.
+#[expect(clippy::too_many_arguments, reason = "one run's inputs")]
+async fn ramp_saturation(
+    system: &mut System,
+    client: &reqwest::Client,
+    db: &PgPool,
+    tenants: &[Tenant],
+    workers: usize,
+    (start, runs_at_most): (f64, usize),
+    duration: Duration,
+    drain_timeout: Duration,
+) -> anyhow::Result<Saturation> {
+    let mut runs: Vec<Saturation> = Vec::new();
+    let mut rate = start;
+    for _ in 0..runs_at_most.max(1) {
+        let sat = run_saturation(
+            system,
+            client,
+            db,
+            tenants,
+            workers,
+            rate,
+            duration,
+            drain_timeout,
+        )
+        .await?;
+        say(format!(
+            "saturation with {workers} workers: {:.0} executed/s (offered {rate:.0}/s, {:.0} answered 201/s)",
+            sat.executed_rate, sat.post_ok_rate
+        ));
+        let behind = sat.fell_behind();
+        runs.push(sat);
+        if behind {
+            break;
+        }
+        rate *= RAMP_FACTOR;
+    }
+    let ramp: Vec<RampRun> = runs.iter().map(RampRun::of).collect();
+    let best = runs
+        .into_iter()
+        .reduce(|a, b| {
+            if b.executed_rate > a.executed_rate {
+                b
+            } else {
+                a
+            }
+        })
+        .context("a saturation ramp runs at least once")?;
+    Ok(Saturation { ramp, ..best })
+}
+
 /// Starts `workers` workers, overloads the pipeline at `rate` for
 /// `duration`, counts EXECUTED per second after the first quarter, lets
 /// the queue drain, stops the workers.
@@ -889,5 +957,6 @@ async fn run_saturation(
         post_p99: Percentiles::of(&posts.ok_latencies()).p99,
         drain_after_secs,
         usage,
+        ramp: Vec::new(),
     })
 }

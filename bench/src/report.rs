@@ -52,6 +52,8 @@ pub struct Settings {
     pub step_secs: f64,
     /// Seconds of each saturation run.
     pub saturation_secs: f64,
+    /// Most saturation runs per worker count (the ramp's length).
+    pub saturation_ramp_runs: usize,
     /// Offered rate of the concurrent `GET /api/tickets` stream.
     pub get_rate: f64,
     /// Offered rate of the `GET /api/tickets` stream around the login burst.
@@ -108,6 +110,41 @@ pub struct Saturation {
     pub drain_after_secs: f64,
     /// Resources during the run.
     pub usage: Vec<ProcUsage>,
+    /// Every run of the ramp this one was picked from, in order (empty for
+    /// a single run at a given rate).
+    pub ramp: Vec<RampRun>,
+}
+
+impl Saturation {
+    /// Whether the pipeline fell behind the offered rate: the api answered
+    /// fewer than 95 % of the POSTs, or fewer than 95 % of the answered
+    /// tickets per second reached EXECUTED.
+    pub fn fell_behind(&self) -> bool {
+        self.post_ok_rate < 0.95 * self.offered_rate
+            || self.executed_rate < 0.95 * self.post_ok_rate
+    }
+}
+
+/// One run of a saturation ramp.
+#[derive(Debug, Clone, Serialize)]
+pub struct RampRun {
+    /// Offered POST rate.
+    pub offered_rate: f64,
+    /// POSTs answered 201 per second.
+    pub post_ok_rate: f64,
+    /// Tickets EXECUTED per second after the first quarter of the run.
+    pub executed_rate: f64,
+}
+
+impl RampRun {
+    /// The rates of one saturation run.
+    pub fn of(sat: &Saturation) -> Self {
+        Self {
+            offered_rate: sat.offered_rate,
+            post_ok_rate: sat.post_ok_rate,
+            executed_rate: sat.executed_rate,
+        }
+    }
 }
 
 /// The worker drain.
@@ -510,9 +547,14 @@ pub fn markdown(r: &Results) -> String {
             .map_or("none".into(), |v| format!("{v:.0}/s"))
     );
 
+    let (ramp_pct, ramp_runs) = (
+        (crate::RAMP_FACTOR - 1.0) * 100.0,
+        r.settings.saturation_ramp_runs,
+    );
     let _ = writeln!(
         s,
-        "\n## End-to-end saturation throughput by worker processes\n\nThe api offered more than the pipeline can take; executed/s counts tickets reaching EXECUTED after the first quarter of the run.\n\n| workers | offered/s | 201/s | executed/s | ÷ pgbench one-at-a-time | ÷ pgbench batched | POST p99 | cores (api / workers / PG / generator + rest + stolen) | peak RSS api / max worker MiB |\n|---:|---:|---:|---:|---:|---:|---:|---|---|"
+        "\n## End-to-end saturation throughput by worker processes\n\nEach worker count's runs offer {:.0} s of POSTs, from the highest rate the sweep answered (or the previous worker count's best run) upwards by {ramp_pct:.0} % a run, until the pipeline falls behind (under 95 % answered 201, or under 95 % of those EXECUTED per second) or after {ramp_runs} runs. executed/s counts tickets reaching EXECUTED after the first quarter of a run; the row is the run with the most, and the last column lists every run as offered → executed/s.\n\n| workers | offered/s | 201/s | executed/s | ÷ pgbench one-at-a-time | ÷ pgbench batched | POST p99 | cores (api / workers / PG / generator + rest + stolen) | peak RSS api / max worker MiB | runs: offered → executed/s |\n|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        r.settings.saturation_secs
     );
     for sat in &r.saturation {
         let api_rss = sat
@@ -529,7 +571,7 @@ pub fn markdown(r: &Results) -> String {
             .fold(0.0, f64::max);
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | **{:.0}** | {} | {} | {:.0} ms | {} | {api_rss:.1} / {worker_rss:.1} |",
+            "| {} | {:.0} | {:.0} | **{:.0}** | {} | {} | {:.0} ms | {} | {api_rss:.1} / {worker_rss:.1} | {} |",
             sat.workers,
             sat.offered_rate,
             sat.post_ok_rate,
@@ -537,7 +579,12 @@ pub fn markdown(r: &Results) -> String {
             ratio(sat.executed_rate, one),
             ratio(sat.executed_rate, batched),
             sat.post_p99,
-            usage_brief(&sat.usage)
+            usage_brief(&sat.usage),
+            sat.ramp
+                .iter()
+                .map(|r| format!("{:.0} → {:.0}", r.offered_rate, r.executed_rate))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
 
@@ -1206,6 +1253,27 @@ mod tests {
             max_send_lag_ms: 0.0,
             usage: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_saturation_run_fell_behind_when_the_api_or_the_workers_lag() {
+        let run = |offered_rate, post_ok_rate, executed_rate| Saturation {
+            workers: 1,
+            offered_rate,
+            post_ok_rate,
+            executed_rate,
+            post_p99: 10.0,
+            drain_after_secs: 0.0,
+            usage: Vec::new(),
+            ramp: Vec::new(),
+        };
+        // Kept up: the ramp goes on.
+        assert!(!run(1000.0, 1000.0, 990.0).fell_behind());
+        assert!(!run(1000.0, 960.0, 920.0).fell_behind());
+        // The api answered under 95 %.
+        assert!(run(1000.0, 940.0, 940.0).fell_behind());
+        // The workers executed under 95 % of what was answered.
+        assert!(run(1000.0, 1000.0, 940.0).fell_behind());
     }
 
     #[test]
