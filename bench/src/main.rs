@@ -91,8 +91,10 @@ struct Cli {
     /// Seconds of each saturation run and of each half-saturation step.
     #[arg(long)]
     saturation_secs: Option<f64>,
-    /// Most saturation runs per worker count: each offers 25 % more than
-    /// the one before, until the pipeline falls behind (default 4, smoke 2).
+    /// Most saturation runs per worker count: each offers 25 % more than the
+    /// one before while the pipeline keeps up, 25 % less while it falls
+    /// behind, until two runs bracket the rate it keeps up with (default 5,
+    /// smoke 2).
     #[arg(long)]
     ramp_runs: Option<usize>,
     /// Half-saturation steps, back to back, of the main figures and of each
@@ -216,7 +218,7 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| if smoke { vec![1, 2] } else { vec![1, 2, 4] }),
             saturation: secs(cli.saturation_secs, 20.0, 2.0),
-            ramp_runs: cli.ramp_runs.unwrap_or(if smoke { 2 } else { 4 }).max(1),
+            ramp_runs: cli.ramp_runs.unwrap_or(if smoke { 2 } else { 5 }).max(1),
             half_steps: cli.half_steps.unwrap_or(if smoke { 2 } else { 3 }).max(1),
             drain_tickets: cli
                 .drain_tickets
@@ -553,8 +555,8 @@ async fn measure(
     // Overload: the highest rate the api itself answered in full, or what it managed.
     let overload = post_sat.unwrap_or(best_post).max(best_post).max(1.0);
 
-    // Saturation by worker count: each starts where the previous one's best
-    // run did, since more workers take at least as much.
+    // Saturation by worker count: each starts at the highest rate the
+    // previous one kept up with, since more workers take at least as much.
     let mut saturation: Vec<Saturation> = Vec::new();
     let mut statements = Vec::new();
     for &workers in &plan.workers {
@@ -564,7 +566,8 @@ async fn measure(
         }
         let start = saturation
             .last()
-            .map_or(overload, |s| s.offered_rate.max(overload));
+            .and_then(|s| report::highest_kept_up(&s.ramp))
+            .map_or(overload, |r| r.max(overload));
         let sat = ramp_saturation(
             system,
             client,
@@ -840,10 +843,11 @@ async fn run_step(
 /// Each ramp run offers this much more than the one before.
 const RAMP_FACTOR: f64 = 1.25;
 
-/// Saturation runs with `workers` workers from `start` offered/s upwards,
-/// by [`RAMP_FACTOR`], until the pipeline falls behind what it is offered
-/// (fewer than 95 % of the POSTs answered 201, or fewer than 95 % of the
-/// answered tickets EXECUTED per second) or `runs` runs. A rate the
+/// Saturation runs with `workers` workers from `start` offered/s, up or
+/// down by [`RAMP_FACTOR`] ([`report::next_ramp_rate`]) until two runs
+/// bracket the rate the pipeline keeps up with (falling behind is fewer
+/// than 95 % of the POSTs answered 201, or fewer than 95 % of the answered
+/// tickets EXECUTED per second), or after `runs_at_most` runs. A rate the
 /// sweep answered in full may be one the pipeline still keeps up with: the
 /// ramp goes past it. Returns the run with the most EXECUTED per second,
 /// with every run's rates in `ramp`.
@@ -876,12 +880,12 @@ async fn ramp_saturation(
             "saturation with {workers} workers: {:.0} executed/s (offered {rate:.0}/s, {:.0} answered 201/s)",
             sat.executed_rate, sat.post_ok_rate
         ));
-        let behind = sat.fell_behind();
         runs.push(sat);
-        if behind {
-            break;
+        let ramp: Vec<RampRun> = runs.iter().map(RampRun::of).collect();
+        match report::next_ramp_rate(&ramp, RAMP_FACTOR) {
+            Some(next) => rate = next,
+            None => break,
         }
-        rate *= RAMP_FACTOR;
     }
     let ramp: Vec<RampRun> = runs.iter().map(RampRun::of).collect();
     let best = runs

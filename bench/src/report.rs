@@ -134,6 +134,9 @@ pub struct RampRun {
     pub post_ok_rate: f64,
     /// Tickets EXECUTED per second after the first quarter of the run.
     pub executed_rate: f64,
+    /// Whether the pipeline kept up with the offered rate
+    /// (not [`Saturation::fell_behind`]).
+    pub kept_up: bool,
 }
 
 impl RampRun {
@@ -143,8 +146,35 @@ impl RampRun {
             offered_rate: sat.offered_rate,
             post_ok_rate: sat.post_ok_rate,
             executed_rate: sat.executed_rate,
+            kept_up: !sat.fell_behind(),
         }
     }
+}
+
+/// The rate a saturation ramp offers next, or `None` once it is done: `factor`
+/// times more while every run so far kept up, `factor` times less while
+/// every run fell behind, and done when the last run brackets the rate the
+/// pipeline keeps up with (it kept up where the first did not, or the other
+/// way round). Overload costs throughput (the api's work takes the workers'
+/// CPU), so the best figure can lie below the first rate that overloads.
+pub fn next_ramp_rate(ramp: &[RampRun], factor: f64) -> Option<f64> {
+    let (first, last) = (ramp.first()?, ramp.last()?);
+    if first.kept_up != last.kept_up {
+        return None;
+    }
+    Some(if last.kept_up {
+        last.offered_rate * factor
+    } else {
+        last.offered_rate / factor
+    })
+}
+
+/// The highest offered rate of a ramp that the pipeline kept up with.
+pub fn highest_kept_up(ramp: &[RampRun]) -> Option<f64> {
+    ramp.iter()
+        .filter(|r| r.kept_up)
+        .map(|r| r.offered_rate)
+        .reduce(f64::max)
 }
 
 /// The worker drain.
@@ -553,7 +583,7 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "\n## End-to-end saturation throughput by worker processes\n\nEach worker count's runs offer {:.0} s of POSTs, from the highest rate the sweep answered (or the previous worker count's best run) upwards by {ramp_pct:.0} % a run, until the pipeline falls behind (under 95 % answered 201, or under 95 % of those EXECUTED per second) or after {ramp_runs} runs. executed/s counts tickets reaching EXECUTED after the first quarter of a run; the row is the run with the most, and the last column lists every run as offered → executed/s.\n\n| workers | offered/s | 201/s | executed/s | ÷ pgbench one-at-a-time | ÷ pgbench batched | POST p99 | cores (api / workers / PG / generator + rest + stolen) | peak RSS api / max worker MiB | runs: offered → executed/s |\n|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "\n## End-to-end saturation throughput by worker processes\n\nEach worker count's runs offer {:.0} s of POSTs, starting from the highest rate the sweep answered (or the highest the previous worker count kept up with), {ramp_pct:.0} % more a run while the pipeline keeps up and {ramp_pct:.0} % less while it falls behind (under 95 % answered 201, or under 95 % of those EXECUTED per second), until two runs bracket the rate it keeps up with or after {ramp_runs} runs. executed/s counts tickets reaching EXECUTED after the first quarter of a run; the row is the run with the most, and the last column lists every run as offered → executed/s.\n\n| workers | offered/s | 201/s | executed/s | ÷ pgbench one-at-a-time | ÷ pgbench batched | POST p99 | cores (api / workers / PG / generator + rest + stolen) | peak RSS api / max worker MiB | runs: offered → executed/s |\n|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
         r.settings.saturation_secs
     );
     for sat in &r.saturation {
@@ -1274,6 +1304,35 @@ mod tests {
         assert!(run(1000.0, 940.0, 940.0).fell_behind());
         // The workers executed under 95 % of what was answered.
         assert!(run(1000.0, 1000.0, 940.0).fell_behind());
+    }
+
+    #[test]
+    fn a_saturation_ramp_climbs_while_kept_up_descends_while_behind_and_stops_at_the_bracket() {
+        let run = |offered_rate: f64, kept_up| RampRun {
+            offered_rate,
+            post_ok_rate: offered_rate,
+            executed_rate: offered_rate,
+            kept_up,
+        };
+        assert_eq!(next_ramp_rate(&[], 1.25), None);
+        assert_eq!(next_ramp_rate(&[run(800.0, true)], 1.25), Some(1000.0));
+        assert_eq!(
+            next_ramp_rate(&[run(800.0, true), run(1000.0, true)], 1.25),
+            Some(1250.0)
+        );
+        assert_eq!(next_ramp_rate(&[run(1000.0, false)], 1.25), Some(800.0));
+        // Bracketed either way: done.
+        assert_eq!(
+            next_ramp_rate(&[run(800.0, true), run(1000.0, false)], 1.25),
+            None
+        );
+        assert_eq!(
+            next_ramp_rate(&[run(1000.0, false), run(800.0, true)], 1.25),
+            None
+        );
+        let ramp = [run(1000.0, false), run(800.0, true), run(640.0, true)];
+        assert_eq!(highest_kept_up(&ramp), Some(800.0));
+        assert_eq!(highest_kept_up(&ramp[..1]), None);
     }
 
     #[test]
