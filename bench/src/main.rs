@@ -556,7 +556,9 @@ async fn measure(
     let overload = post_sat.unwrap_or(best_post).max(best_post).max(1.0);
 
     // Saturation by worker count: each starts at the highest rate the
-    // previous one kept up with, since more workers take at least as much.
+    // previous one kept up with, near where its own bracket is likely to be
+    // (more workers need not take more: on two cores each one takes CPU
+    // from the api and PostgreSQL).
     let mut saturation: Vec<Saturation> = Vec::new();
     let mut statements = Vec::new();
     for &workers in &plan.workers {
@@ -863,6 +865,7 @@ async fn ramp_saturation(
     drain_timeout: Duration,
 ) -> anyhow::Result<Saturation> {
     let mut runs: Vec<Saturation> = Vec::new();
+    let mut ramp: Vec<RampRun> = Vec::new();
     let mut rate = start;
     for _ in 0..runs_at_most.max(1) {
         let sat = run_saturation(
@@ -880,14 +883,13 @@ async fn ramp_saturation(
             "saturation with {workers} workers: {:.0} executed/s (offered {rate:.0}/s, {:.0} answered 201/s)",
             sat.executed_rate, sat.post_ok_rate
         ));
+        ramp.push(RampRun::of(&sat));
         runs.push(sat);
-        let ramp: Vec<RampRun> = runs.iter().map(RampRun::of).collect();
         match report::next_ramp_rate(&ramp, RAMP_FACTOR) {
             Some(next) => rate = next,
             None => break,
         }
     }
-    let ramp: Vec<RampRun> = runs.iter().map(RampRun::of).collect();
     let best = runs
         .into_iter()
         .reduce(|a, b| {
