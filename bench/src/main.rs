@@ -864,7 +864,7 @@ async fn ramp_saturation(
     duration: Duration,
     drain_timeout: Duration,
 ) -> anyhow::Result<Saturation> {
-    let mut runs: Vec<Saturation> = Vec::new();
+    let mut best: Option<Saturation> = None;
     let mut ramp: Vec<RampRun> = Vec::new();
     let mut rate = start;
     for _ in 0..runs_at_most.max(1) {
@@ -884,22 +884,18 @@ async fn ramp_saturation(
             sat.executed_rate, sat.post_ok_rate
         ));
         ramp.push(RampRun::of(&sat));
-        runs.push(sat);
+        if best
+            .as_ref()
+            .is_none_or(|b| sat.executed_rate > b.executed_rate)
+        {
+            best = Some(sat);
+        }
         match report::next_ramp_rate(&ramp, RAMP_FACTOR) {
             Some(next) => rate = next,
             None => break,
         }
     }
-    let best = runs
-        .into_iter()
-        .reduce(|a, b| {
-            if b.executed_rate > a.executed_rate {
-                b
-            } else {
-                a
-            }
-        })
-        .context("a saturation ramp runs at least once")?;
+    let best = best.context("a saturation ramp runs at least once")?;
     Ok(Saturation { ramp, ..best })
 }
 
