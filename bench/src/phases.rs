@@ -13,11 +13,11 @@ use sqlx::PgPool;
 use crate::{
     Cli, MAX_IN_FLIGHT, Plan, history,
     load::{self, Request, Tenant},
-    probe, procfs,
+    probe, procfs, ramp_saturation,
     report::{
-        Growth, GrowthRound, HalfSteps, Idle, IdleProc, LoginBurst, Registration, Saturation,
+        self, Growth, GrowthRound, HalfSteps, Idle, IdleProc, LoginBurst, Registration, Saturation,
     },
-    run_drain, run_saturation, run_step, say,
+    run_drain, run_step, say,
     stats::Percentiles,
     system::System,
 };
@@ -286,13 +286,18 @@ async fn growth_runs(
     statements: &mut Vec<(String, Vec<probe::Statement>)>,
 ) -> anyhow::Result<()> {
     let plan = ctx.plan;
-    // The cheapest saturation run of the main figures (1 worker by default).
+    // The cheapest saturation ramp of the main figures (1 worker by
+    // default), repeated from the highest rate it kept up with: the ramp
+    // then finds this round's own saturation, and the figures compared are
+    // the best runs of two ramps. Repeating the main ramp's best run at its
+    // offered rate would repeat a rate the pipeline may have fallen behind
+    // at, and overloaded runs are the noisiest.
     let workers = plan.workers.iter().copied().min().unwrap_or(1).max(1);
     let sat_rate = baseline
         .saturation
         .iter()
         .find(|s| s.workers == workers)
-        .map(|s| s.offered_rate);
+        .map(|s| report::highest_kept_up(&s.ramp).unwrap_or(s.offered_rate));
     let half_rate = baseline.half.map(HalfSteps::offered_rate);
     let mut history_in_tables = (0, 0);
     if plan.history_jobs > 0 || plan.pending_jobs > 0 {
@@ -376,8 +381,8 @@ async fn growth_runs(
     Ok(())
 }
 
-/// One growth run: saturation with `workers` workers at the main run's
-/// offered rate, the half-saturation step at its rate, and a drain.
+/// One growth run: a saturation ramp with `workers` workers from `sat_rate`,
+/// the half-saturation steps at the main run's rate, and a drain.
 #[expect(clippy::too_many_arguments, reason = "one growth run's inputs")]
 async fn round(
     ctx: &Ctx<'_>,
@@ -391,20 +396,22 @@ async fn round(
 ) -> anyhow::Result<(GrowthRound, Option<(String, Vec<probe::Statement>)>)> {
     let plan = ctx.plan;
     let saturation = if let Some(rate) = sat_rate {
-        let sat = run_saturation(
+        let sat = ramp_saturation(
             system,
             ctx.client,
             ctx.db,
             tenants,
             workers,
-            rate,
+            (rate, plan.ramp_runs),
             plan.saturation,
             ctx.drain_timeout,
         )
         .await?;
         say(format!(
-            "growth ({label}): saturation with {workers} workers: {:.0} executed/s",
-            sat.executed_rate
+            "growth ({label}): saturation with {workers} workers: {:.0} executed/s at {:.0}/s offered (best of {} runs from {rate:.0}/s)",
+            sat.executed_rate,
+            sat.offered_rate,
+            sat.ramp.len()
         ));
         Some(sat)
     } else {

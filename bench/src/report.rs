@@ -1002,8 +1002,8 @@ fn growth_figures(r: &Results, rounds: &[GrowthRound]) -> Vec<Figure> {
     if let Some(sat) = rounds.iter().find_map(|g| g.saturation.as_ref()) {
         figures.push(Figure {
             name: format!(
-                "end-to-end saturation, executed/s ({} workers, {:.0}/s offered)",
-                sat.workers, sat.offered_rate
+                "end-to-end saturation, executed/s ({} workers, the best run of each ramp)",
+                sat.workers
             ),
             higher_is_better: true,
             base: r
