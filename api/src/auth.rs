@@ -5,24 +5,33 @@
 //! its user still exists with the same role and token version; a deleted
 //! user, a changed role or a changed password makes older tokens useless.
 //!
-//! What a process read of a user is reused for `TOKEN_CHECK_CACHE_MS`
+//! What a process read of a user is reused for up to `TOKEN_CHECK_CACHE_MS`
 //! ([`TokenChecks`](crate::auth::TokenChecks)): a client sending many
-//! requests a second with one token has its user read once a second, not
-//! once a request. A change made through this process is seen by every
-//! request checked after its commit (the handlers that delete a user or
-//! bump its token version forget it then, and a read that began earlier is
-//! not remembered after that); one made through another api process, within
-//! that time.
+//! requests with one token has its user read once, not once a request.
+//! PostgreSQL announces every change that ends a user's tokens (its
+//! deletion, or a new role or token version, however it was made) on
+//! `txdx_user_changes` (`shared::db::users::USER_CHANGES`) at its commit, and each api
+//! process forgets that user when the announcement arrives. Only while a
+//! process listens does it reuse anything: before its listener is
+//! connected, and from a lost connection until the next one, every request
+//! reads its user, and what was read before is forgotten. The handlers that
+//! delete a user or bump its token version also forget it themselves after
+//! their commit, so their own process never waits for the announcement (a
+//! read that began earlier is not remembered after that).
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use shared::{
+    PgPool,
     auth::token::{Claims, TokenError, TokenType},
-    db,
+    db::{self, users::ChangedUsers},
     domain::Role,
 };
 use uuid::Uuid;
@@ -33,23 +42,90 @@ use crate::{error::ApiError, state::AppState, ttl::TtlMap};
 /// them, a token's user is read on each request.
 pub const TOKEN_CHECK_USERS: usize = 65_536;
 
+/// How long a lost listener waits before it connects again (meanwhile every
+/// request reads its user).
+const RELISTEN_PAUSE: Duration = Duration::from_millis(500);
+
 /// Users as this process last read them for a token check, by user id:
 /// the caller they make and their token version; `None` for a user
-/// forgotten since.
+/// forgotten since. Used only while [`follow_changes`](Self::follow_changes)
+/// listens for the users' changes.
 #[derive(Debug, Clone)]
-pub struct TokenChecks(Arc<TtlMap<Uuid, Option<(AuthUser, i32)>>>);
+pub struct TokenChecks {
+    users: Arc<TtlMap<Uuid, Option<(AuthUser, i32)>>>,
+    listening: Arc<AtomicBool>,
+    ttl: Duration,
+}
 
 impl TokenChecks {
-    /// Remembers what is read for `ttl` (zero: nothing is remembered).
+    /// Remembers what is read for `ttl` (zero: nothing is remembered), once
+    /// [`follow_changes`](Self::follow_changes) listens.
     pub fn new(ttl: Duration) -> Self {
-        Self(Arc::new(TtlMap::new(ttl, TOKEN_CHECK_USERS)))
+        Self {
+            users: Arc::new(TtlMap::new(ttl, TOKEN_CHECK_USERS)),
+            listening: Arc::new(AtomicBool::new(false)),
+            ttl,
+        }
     }
 
-    /// The caller `claims` make, if its user was read within the time to
-    /// live, not forgotten since, and matched them (company, role and token
-    /// version).
+    /// Listens for the users' changes (`shared::db::users::USER_CHANGES`) on a connection of `pool` and forgets
+    /// each user announced there; connects again after a lost connection.
+    /// What is remembered is used only while it listens, and forgotten
+    /// whenever it starts or stops listening. Returns when `pool` closes,
+    /// or at once when nothing is remembered (a zero time to live).
+    pub async fn follow_changes(self, pool: PgPool) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        loop {
+            let lost = self.listen(&pool).await;
+            self.stop_using();
+            if pool.is_closed() {
+                return;
+            }
+            match lost {
+                Ok(()) => tracing::warn!(
+                    "token checks: the connection listening for user changes was lost; reading every token's user until it is back"
+                ),
+                Err(e) => tracing::warn!(
+                    "token checks: cannot listen for user changes ({e}); reading every token's user until it can"
+                ),
+            }
+            tokio::time::sleep(RELISTEN_PAUSE).await;
+        }
+    }
+
+    /// One listening connection's life: `Ok` when it was lost.
+    async fn listen(&self, pool: &PgPool) -> Result<(), db::DbError> {
+        let mut changes = ChangedUsers::listen(pool).await?;
+        // Every change committed from here on is announced: forget what
+        // was read before, then use what is read after.
+        self.users.clear();
+        self.listening.store(true, Ordering::Release);
+        tracing::debug!("token checks: listening for user changes");
+        while let Some(changed) = changes.next().await? {
+            match changed {
+                Some(user) => self.forget(user),
+                None => self.users.clear(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops using what is remembered, and forgets it.
+    fn stop_using(&self) {
+        self.listening.store(false, Ordering::Release);
+        self.users.clear();
+    }
+
+    /// The caller `claims` make, if this process listens for the users'
+    /// changes and its user was read within the time to live, not forgotten
+    /// since, and matched them (company, role and token version).
     fn matching(&self, claims: &Claims) -> Option<AuthUser> {
-        self.0
+        if !self.listening.load(Ordering::Acquire) {
+            return None;
+        }
+        self.users
             .get(&claims.sub)
             .flatten()
             .filter(|(user, version)| {
@@ -63,7 +139,7 @@ impl TokenChecks {
     /// Remembers `user` with `version` as read at `read_at`, unless it was
     /// forgotten after that moment.
     fn remember(&self, user: AuthUser, version: i32, read_at: Instant) {
-        self.0
+        self.users
             .insert_at(user.user_id, Some((user, version)), read_at);
     }
 
@@ -71,7 +147,7 @@ impl TokenChecks {
     /// began before this call is not remembered. Call after the commit of a
     /// change to its role or token version, or its deletion.
     pub fn forget(&self, user: Uuid) {
-        self.0.insert(user, None);
+        self.users.insert(user, None);
     }
 }
 

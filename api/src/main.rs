@@ -116,9 +116,11 @@ async fn create_operator(config: &Config, username: &str) -> anyhow::Result<()> 
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // One more connection than the requests may use: the token checks'
+    // listener holds one for the process's life.
     let pool = shared::db::connect_lazy(
         config.database_url.expose(),
-        config.database_max_connections,
+        config.database_max_connections.saturating_add(1),
     )?;
     shared::db::migrate(&pool)
         .await

@@ -24,7 +24,8 @@ pub struct AppState {
     /// turns of logins and password changes, so a burst of them cannot
     /// starve the other requests of CPU or of connections.
     pub hashing: crate::hashing::Hashing,
-    /// Token checks reused for `TOKEN_CHECK_CACHE_MS`.
+    /// Token checks reused for `TOKEN_CHECK_CACHE_MS`, forgotten when
+    /// PostgreSQL announces their user's change.
     pub token_checks: crate::auth::TokenChecks,
     /// Recently verified operator credentials for the queue board.
     pub operator_auth: crate::board::OperatorAuthCache,
@@ -35,8 +36,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state and starts the ticket writers (so it must run inside
-    /// a Tokio runtime); password hashing is bounded by the number of CPUs.
+    /// Builds the state and starts the ticket writers and the token checks'
+    /// listener, which holds one of `pool`'s connections (so it must run
+    /// inside a Tokio runtime); password hashing is bounded by the number
+    /// of CPUs.
     pub fn new(
         pool: PgPool,
         config: Arc<Config>,
@@ -45,9 +48,11 @@ impl AppState {
     ) -> Self {
         let in_flight = Arc::new(Semaphore::new(config.api_max_in_flight));
         let tickets = crate::ticket_writer::TicketWriter::spawn(pool.clone(), config.clone());
+        let token_checks = crate::auth::TokenChecks::new(config.token_check_cache);
+        tokio::spawn(token_checks.clone().follow_changes(pool.clone()));
         Self {
             tokens: Arc::new(TokenCodec::from_config(&config)),
-            token_checks: crate::auth::TokenChecks::new(config.token_check_cache),
+            token_checks,
             pool,
             config,
             secrets,

@@ -40,6 +40,9 @@ struct Inner<K, V> {
     inserts: usize,
     /// The earliest moment an entry held was learnt.
     oldest: Option<Instant>,
+    /// The last [`clear`](TtlMap::clear): values learnt before it are
+    /// dropped.
+    cleared: Option<Instant>,
 }
 
 impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
@@ -53,6 +56,7 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
                 swept: Instant::now(),
                 inserts: 0,
                 oldest: None,
+                cleared: None,
             }),
         }
     }
@@ -77,13 +81,16 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
 
     /// Keeps `value` for `key`, as learnt at `at` (its time to live counts
     /// from then: pass the moment the value was read, not the moment it
-    /// arrived). A value learnt before the one held is older news and is
-    /// dropped, so a slow read cannot overwrite what a later one, or a
-    /// later [`insert`](Self::insert), said.
+    /// arrived). A value learnt before the one held, or before the last
+    /// [`clear`](Self::clear), is older news and is dropped, so a slow read
+    /// cannot overwrite what a later one, or a later
+    /// [`insert`](Self::insert), said.
     pub fn insert_at(&self, key: K, value: V, at: Instant) {
         let now = Instant::now();
         let mut inner = self.lock();
-        if inner.entries.get(&key).is_some_and(|(held, _)| *held > at) {
+        if inner.entries.get(&key).is_some_and(|(held, _)| *held > at)
+            || inner.cleared.is_some_and(|cleared| cleared > at)
+        {
             return;
         }
         inner.inserts = inner.inserts.saturating_add(1);
@@ -123,6 +130,16 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         }
     }
 
+    /// Forgets every entry, and every value learnt before now that is
+    /// inserted later.
+    pub fn clear(&self) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.oldest = None;
+        inner.cleared = Some(now);
+    }
+
     /// Entries held, fresh or not yet swept.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -159,6 +176,20 @@ mod tests {
         assert_eq!(map.get(&"user"), Some("changed"));
         map.insert("user", "read after");
         assert_eq!(map.get(&"user"), Some("read after"));
+    }
+
+    #[test]
+    fn a_clear_forgets_every_entry_and_every_value_read_before_it() {
+        let map = TtlMap::new(Duration::from_secs(60), 8);
+        let read_before = Instant::now();
+        map.insert("held", 1);
+        map.clear();
+        assert_eq!(map.get(&"held"), None);
+        map.insert_at("late", 2, read_before);
+        assert_eq!(map.get(&"late"), None);
+        assert_eq!(map.len(), 0);
+        map.insert("read after", 3);
+        assert_eq!(map.get(&"read after"), Some(3));
     }
 
     #[test]

@@ -130,12 +130,12 @@ pub struct Config {
     /// closed after it. Behind a load balancer, set it above the balancer's
     /// own idle timeout.
     pub api_keep_alive_timeout: Duration,
-    /// `TOKEN_CHECK_CACHE_MS` (default 1000, at most 60000): how long an api
-    /// process reuses what it read of a token's user (role, token version).
-    /// A user deleted, demoted or given a new password through another api
-    /// process keeps its older tokens working on this one for at most this
-    /// long; through this process, at once. `0` reads the user on every
-    /// request.
+    /// `TOKEN_CHECK_CACHE_MS` (default 60000, at most 60000): how long an
+    /// api process may reuse what it read of a token's user (role, token
+    /// version). A user deleted, demoted or given a new password is
+    /// forgotten by every api process when PostgreSQL announces the change,
+    /// at its commit; a process that is not listening for those
+    /// announcements reuses nothing. `0` reads the user on every request.
     pub token_check_cache: Duration,
     /// `WORKER_CONCURRENCY` (default 256): actions one worker process runs
     /// at once; also its fetch batch and the largest group commit.
@@ -307,7 +307,7 @@ impl Config {
                 reason: "must be between 1 and 3600".into(),
             });
         }
-        let token_check_cache_ms = env.parse("TOKEN_CHECK_CACHE_MS", 1000u64)?;
+        let token_check_cache_ms = env.parse("TOKEN_CHECK_CACHE_MS", 60_000u64)?;
         if token_check_cache_ms > 60_000 {
             return Err(ConfigError::Invalid {
                 var: "TOKEN_CHECK_CACHE_MS",
@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(config.worker_concurrency, 256);
         assert_eq!(config.api_max_in_flight, 256);
         assert_eq!(config.api_keep_alive_timeout, Duration::from_secs(30));
-        assert_eq!(config.token_check_cache, Duration::from_secs(1));
+        assert_eq!(config.token_check_cache, Duration::from_secs(60));
         assert!(config.azure.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(config.job_retention, Duration::from_secs(7 * 24 * 3600));

@@ -3,7 +3,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::test_app::{PASSWORD, TestApp, assert_problem, test_config};
+use crate::test_app::{
+    PASSWORD, TestApp, assert_problem, test_config, wait_for_user_change_listeners,
+};
 
 #[sqlx::test(migrations = false)]
 async fn register_creates_company_and_admin_in_one_transaction_and_refuses_duplicates(
@@ -330,57 +332,174 @@ async fn tokens_die_with_their_user_and_with_a_role_or_password_change(pool: PgP
     assert_problem(app.get("/api/auth/me", &dave.access_token).await, 401).await;
 }
 
+/// Runs `sql` (bound to `user`) with the trigger `trigger` on `users`
+/// disabled for that transaction only: a change PostgreSQL does not
+/// announce, which shows whether an api process still uses what it read.
+async fn unannounced(pool: &PgPool, trigger: &str, sql: &'static str, user: uuid::Uuid) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE users DISABLE TRIGGER {trigger}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(sql).bind(user).execute(&mut *tx).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE users ENABLE TRIGGER {trigger}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Sends `GET /api/tickets` with `token` until it is refused (401), failing
+/// if that takes `within` or an answer is neither 200 nor 401.
+async fn refused_within(app: &TestApp, token: &str, within: std::time::Duration) {
+    let since = std::time::Instant::now();
+    loop {
+        let response = app.get("/api/tickets", token).await;
+        if response.status() == 401 {
+            assert_problem(response, 401).await;
+            return;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            since.elapsed() < within,
+            "the token was still accepted {:?} later",
+            since.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[sqlx::test(migrations = false)]
-async fn another_api_process_refuses_a_deleted_users_token_once_its_check_expires_and_never_writes_for_it(
+async fn another_api_process_forgets_a_changed_user_when_postgres_announces_the_change(
     pool: PgPool,
 ) {
-    let deleting = TestApp::spawn(pool.clone()).await;
-    let cached = TestApp::spawn_with(pool.clone(), &[("TOKEN_CHECK_CACHE_MS", "1000")]).await;
+    let changing = TestApp::spawn(pool.clone()).await;
+    // Remembers what it reads for a minute, the default.
+    let cached = TestApp::spawn(pool.clone()).await;
     let uncached = TestApp::spawn_with(pool.clone(), &[("TOKEN_CHECK_CACHE_MS", "0")]).await;
-    let admin = deleting.register_company("Acme").await;
-    let bob = deleting.create_user(&admin, "bob", "USER").await;
+    let admin = changing.register_company("Acme").await;
+    let bob = changing.create_user(&admin, "bob", "USER").await;
+    let carol = changing.create_user(&admin, "carol", "USER").await;
     for app in [&cached, &uncached] {
-        assert_eq!(
-            app.get("/api/tickets", &bob.access_token).await.status(),
-            200
-        );
+        for user in [&bob, &carol] {
+            assert_eq!(
+                app.get("/api/tickets", &user.access_token).await.status(),
+                200
+            );
+        }
     }
-    let deleted_at = std::time::Instant::now();
+
+    // A token version bumped without an announcement: the process without
+    // a cache reads it, the other still uses what it read.
+    unannounced(
+        &pool,
+        "users_announce_token_change",
+        "UPDATE users SET token_version = token_version + 1 WHERE id = $1",
+        bob.user_id,
+    )
+    .await;
+    assert_problem(uncached.get("/api/tickets", &bob.access_token).await, 401).await;
     assert_eq!(
-        deleting
+        cached.get("/api/tickets", &bob.access_token).await.status(),
+        200
+    );
+    // Deleted through another process, announced: refused at once, not a
+    // minute later.
+    assert_eq!(
+        changing
             .delete(&format!("/api/users/{}", bob.user_id), &admin.access_token)
             .await
             .status(),
         204
     );
-    // Without a cache the next request reads the user.
-    assert_problem(uncached.get("/api/tickets", &bob.access_token).await, 401).await;
-    // With one, a write for the deleted user is refused by the database's
-    // foreign key, as a 401, and leaves nothing behind.
+    refused_within(
+        &cached,
+        &bob.access_token,
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+
+    // Deleted without an announcement, its check still remembered: a write
+    // for it is refused by the database's foreign key, as a 401, and
+    // leaves nothing behind.
+    unannounced(
+        &pool,
+        "users_announce_deletion",
+        "DELETE FROM users WHERE id = $1",
+        carol.user_id,
+    )
+    .await;
+    assert_eq!(
+        cached
+            .get("/api/tickets", &carol.access_token)
+            .await
+            .status(),
+        200
+    );
     let posted = cached
         .post_json(
             "/api/tickets",
-            Some(&bob.access_token),
+            Some(&carol.access_token),
             &json!({"subject": "from a deleted user", "actions": []}),
         )
         .await;
     assert_problem(posted, 401).await;
-    assert_eq!(deleting.count("SELECT count(*) FROM tickets").await, 0);
-    // Reads are refused once the check expires (with a margin for a loaded
-    // machine).
-    loop {
-        let response = cached.get("/api/tickets", &bob.access_token).await;
-        if response.status() == 401 {
-            assert_problem(response, 401).await;
+    assert_eq!(changing.count("SELECT count(*) FROM tickets").await, 0);
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_api_process_that_lost_its_listener_reads_every_user_until_it_listens_again(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let admin = app.register_company("Acme").await;
+    let bob = app.create_user(&admin, "bob", "USER").await;
+    assert_eq!(
+        app.get("/api/tickets", &bob.access_token).await.status(),
+        200
+    );
+    let bump = "UPDATE users SET token_version = token_version + 1 WHERE id = $1";
+    unannounced(&pool, "users_announce_token_change", bump, bob.user_id).await;
+    assert_eq!(
+        app.get("/api/tickets", &bob.access_token).await.status(),
+        200
+    );
+    // Its listening connection ends: changes made meanwhile would go
+    // unannounced, so nothing it read is used any more.
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"txdx_user_changes\"'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(terminated, [true]);
+    refused_within(&app, &bob.access_token, std::time::Duration::from_secs(5)).await;
+
+    // It listens again, and reuses what it reads from then on (a user read
+    // in the instant between its LISTEN and its first use is not kept: a
+    // new user then tries again).
+    wait_for_user_change_listeners(&pool, 1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for attempt in 0.. {
+        let dave = app
+            .create_user(&admin, &format!("dave{attempt}"), "USER")
+            .await;
+        assert_eq!(
+            app.get("/api/tickets", &dave.access_token).await.status(),
+            200
+        );
+        unannounced(&pool, "users_announce_token_change", bump, dave.user_id).await;
+        if app.get("/api/tickets", &dave.access_token).await.status() == 200 {
             break;
         }
-        assert_eq!(response.status(), 200);
         assert!(
-            deleted_at.elapsed() < std::time::Duration::from_secs(5),
-            "a deleted user's token still accepted {:?} after the deletion",
-            deleted_at.elapsed()
+            std::time::Instant::now() < deadline,
+            "a token check is never reused after the listener came back"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
 

@@ -59,7 +59,15 @@ impl TestApp {
         let config = Arc::new(test_config(extra));
         let keep_alive = config.api_keep_alive_timeout;
         let secrets = shared::secrets::from_config(&config, &pool).unwrap();
+        let listening = if config.token_check_cache.is_zero() {
+            0
+        } else {
+            user_change_listeners(&pool).await + 1
+        };
         let state = txdx_api::state::AppState::new(pool.clone(), config, secrets, metrics_handle());
+        // Every test starts with an api that reuses its token checks, as a
+        // running one does once its listener for user changes is connected.
+        wait_for_user_change_listeners(&pool, listening).await;
         let app = txdx_api::build_app(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
@@ -362,4 +370,29 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_j
     assert_eq!(body["status"], status);
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     body
+}
+
+/// The backends of this test's database listening for user changes (one
+/// per api process that reuses its token checks).
+pub async fn user_change_listeners(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"txdx_user_changes\"'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until `n` backends of this test's database listen for user
+/// changes (0: returns at once).
+pub async fn wait_for_user_change_listeners(pool: &PgPool, n: i64) {
+    let started = std::time::Instant::now();
+    while n > 0 && user_change_listeners(pool).await < n {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{} api processes listen for user changes, not {n}",
+            user_change_listeners(pool).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -248,3 +248,44 @@ pub async fn lock_admin_ids(
     .fetch_all(conn)
     .await?)
 }
+
+/// The channel on which PostgreSQL announces, at commit, the id of a user
+/// deleted or given a new role or token version, however the change was
+/// made (migration 0033).
+pub const USER_CHANGES: &str = "txdx_user_changes";
+
+/// A connection of a pool listening for [`USER_CHANGES`]; it holds that
+/// connection until dropped.
+#[derive(Debug)]
+pub struct ChangedUsers(sqlx::postgres::PgListener);
+
+impl ChangedUsers {
+    /// Takes a connection of `pool` and listens on [`USER_CHANGES`]: every
+    /// change committed after this returns is announced to it.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn listen(pool: &PgPool) -> Result<Self, DbError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        // A lost connection ends the listening (`next` answers `None`)
+        // instead of being replaced behind the caller's back: changes made
+        // in between were never announced, and the caller must know.
+        listener.eager_reconnect(false);
+        listener.listen(USER_CHANGES).await?;
+        Ok(Self(listener))
+    }
+
+    /// The next changed user: `Some(None)` for an announcement that names
+    /// no user id (treat it as a change of anyone), `None` when the
+    /// connection was lost (announcements may have been missed).
+    ///
+    /// # Errors
+    /// Database failures, and [`DbError::Unavailable`] once the pool closes.
+    pub async fn next(&mut self) -> Result<Option<Option<Uuid>>, DbError> {
+        Ok(self
+            .0
+            .try_recv()
+            .await?
+            .map(|notification| notification.payload().parse().ok()))
+    }
+}
