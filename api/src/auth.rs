@@ -9,8 +9,8 @@
 //! ([`TokenChecks`](crate::auth::TokenChecks)): a client sending many
 //! requests with one token has its user read once, not once a request.
 //! PostgreSQL announces every change that ends a user's tokens (its
-//! deletion, or a new role or token version, however it was made) on
-//! `txdx_user_changes` (`shared::db::users::USER_CHANGES`) at its commit, and each api
+//! deletion, or a new role or token version, however it was made) on the
+//! channel `shared::db::users::USER_CHANGES` at its commit, and each api
 //! process forgets that user when the announcement arrives. Only while a
 //! process listens does it reuse anything: before its listener is
 //! connected, and from a lost connection until the next one, every request
@@ -68,8 +68,9 @@ impl TokenChecks {
         }
     }
 
-    /// Listens for the users' changes (`shared::db::users::USER_CHANGES`) on a connection of `pool` and forgets
-    /// each user announced there; connects again after a lost connection.
+    /// Listens for the users' changes (`shared::db::users::USER_CHANGES`)
+    /// on a connection of `pool` and forgets each user announced there;
+    /// connects again after a lost connection.
     /// What is remembered is used only while it listens, and forgotten
     /// whenever it starts or stops listening. Returns when `pool` closes,
     /// or at once when nothing is remembered (a zero time to live).
