@@ -54,7 +54,6 @@ const RELISTEN_PAUSE: Duration = Duration::from_millis(500);
 pub struct TokenChecks {
     users: Arc<TtlMap<Uuid, Option<(AuthUser, i32)>>>,
     listening: Arc<AtomicBool>,
-    ttl: Duration,
 }
 
 impl TokenChecks {
@@ -64,7 +63,6 @@ impl TokenChecks {
         Self {
             users: Arc::new(TtlMap::new(ttl, TOKEN_CHECK_USERS)),
             listening: Arc::new(AtomicBool::new(false)),
-            ttl,
         }
     }
 
@@ -75,7 +73,7 @@ impl TokenChecks {
     /// whenever it starts or stops listening. Returns when `pool` closes,
     /// or at once when nothing is remembered (a zero time to live).
     pub async fn follow_changes(self, pool: PgPool) {
-        if self.ttl.is_zero() {
+        if self.users.ttl().is_zero() {
             return;
         }
         loop {

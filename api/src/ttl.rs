@@ -61,6 +61,11 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         }
     }
 
+    /// How long an entry lives.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner<K, V>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
