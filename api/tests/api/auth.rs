@@ -4,7 +4,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::test_app::{
-    PASSWORD, TestApp, assert_problem, test_config, wait_for_user_change_listeners,
+    PASSWORD, TestApp, assert_problem, terminate_user_change_listeners, test_config,
+    wait_for_user_change_listeners,
 };
 
 #[sqlx::test(migrations = false)]
@@ -470,12 +471,7 @@ async fn an_api_process_that_lost_its_listener_reads_every_user_until_it_listens
     );
     // Its listening connection ends: changes made meanwhile would go
     // unannounced, so nothing it read is used any more.
-    let terminated: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"txdx_user_changes\"'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let terminated = terminate_user_change_listeners(&pool).await;
     assert_eq!(terminated, [true]);
     refused_within(&app, &bob.access_token, std::time::Duration::from_secs(5)).await;
 

@@ -374,11 +374,25 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_j
 
 /// The backends of this test's database listening for user changes (one
 /// per api process that reuses its token checks).
+const USER_CHANGE_LISTENERS: &str = "FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"txdx_user_changes\"'";
+
+/// How many backends listen for user changes.
 pub async fn user_change_listeners(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"txdx_user_changes\"'",
-    )
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) {USER_CHANGE_LISTENERS}"
+    )))
     .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Ends the connection of every backend listening for user changes, as a
+/// lost connection would; answers whether each was signalled.
+pub async fn terminate_user_change_listeners(pool: &PgPool) -> Vec<bool> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend(pid) {USER_CHANGE_LISTENERS}"
+    )))
+    .fetch_all(pool)
     .await
     .unwrap()
 }
