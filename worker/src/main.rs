@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use axum::{Router, routing::get};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use shared::config::Config;
 
 #[tokio::main]
@@ -24,10 +23,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match PrometheusBuilder::new()
-        .set_buckets(&shared::telemetry::LATENCY_BUCKETS)
-        .and_then(PrometheusBuilder::install_recorder)
-    {
+    match shared::telemetry::install_metrics() {
         Ok(handle) => {
             let app = Router::new()
                 .route("/metrics", get(move || std::future::ready(handle.render())))
