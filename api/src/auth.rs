@@ -31,7 +31,10 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use shared::{
     PgPool,
     auth::token::{Claims, TokenError, TokenType},
-    db::{self, users::ChangedUsers},
+    db::{
+        self,
+        users::{ChangedUsers, UserChange},
+    },
     domain::Role,
 };
 use uuid::Uuid;
@@ -102,13 +105,13 @@ impl TokenChecks {
         self.users.clear();
         self.listening.store(true, Ordering::Release);
         tracing::debug!("token checks: listening for user changes");
-        while let Some(changed) = changes.next().await? {
-            match changed {
-                Some(user) => self.forget(user),
-                None => self.users.clear(),
+        loop {
+            match changes.next().await? {
+                UserChange::Of(user) => self.forget(user),
+                UserChange::Unnamed => self.users.clear(),
+                UserChange::Lost => return Ok(()),
             }
         }
-        Ok(())
     }
 
     /// Stops using what is remembered, and forgets it.

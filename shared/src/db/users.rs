@@ -267,7 +267,7 @@ impl ChangedUsers {
     /// Database failures.
     pub async fn listen(pool: &PgPool) -> Result<Self, DbError> {
         let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-        // A lost connection ends the listening (`next` answers `None`)
+        // A lost connection ends the listening (`next` answers `Lost`)
         // instead of being replaced behind the caller's back: changes made
         // in between were never announced, and the caller must know.
         listener.eager_reconnect(false);
@@ -275,17 +275,30 @@ impl ChangedUsers {
         Ok(Self(listener))
     }
 
-    /// The next changed user: `Some(None)` for an announcement that names
-    /// no user id (treat it as a change of anyone), `None` when the
-    /// connection was lost (announcements may have been missed).
+    /// The next announcement, or [`UserChange::Lost`] when the connection
+    /// was lost.
     ///
     /// # Errors
     /// Database failures, and [`DbError::Unavailable`] once the pool closes.
-    pub async fn next(&mut self) -> Result<Option<Option<Uuid>>, DbError> {
-        Ok(self
-            .0
-            .try_recv()
-            .await?
-            .map(|notification| notification.payload().parse().ok()))
+    pub async fn next(&mut self) -> Result<UserChange, DbError> {
+        Ok(match self.0.try_recv().await? {
+            Some(notification) => match notification.payload().parse() {
+                Ok(user) => UserChange::Of(user),
+                Err(_) => UserChange::Unnamed,
+            },
+            None => UserChange::Lost,
+        })
     }
+}
+
+/// What [`ChangedUsers::next`] heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserChange {
+    /// This user changed.
+    Of(Uuid),
+    /// An announcement that names no user id: treat it as a change of anyone.
+    Unnamed,
+    /// The connection was lost: announcements may have been missed, and no
+    /// more will come.
+    Lost,
 }
