@@ -168,6 +168,10 @@ async fn shutdown_signal() {
 
 #[cfg(all(test, target_os = "linux", not(target_env = "msvc")))]
 mod tests {
+    /// Held by each test that measures the process's resident memory, so
+    /// that no other test of this binary allocates meanwhile.
+    static MEASURING_MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// This process's resident memory (`VmRSS`), in KiB.
     fn resident_kib() -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -185,8 +189,19 @@ mod tests {
     /// the recorder does that without a scrape, so the memory held stays that
     /// of a round or two. Without the task it grew by 39 MiB and was held for
     /// the process's life.
-    #[tokio::test(flavor = "current_thread")]
-    async fn histogram_samples_nobody_scrapes_are_folded_by_the_upkeep_so_memory_stays_bounded() {
+    #[test]
+    fn histogram_samples_nobody_scrapes_are_folded_by_the_upkeep_so_memory_stays_bounded() {
+        let _measuring = MEASURING_MEMORY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(record_two_million_samples_in_rounds());
+    }
+
+    async fn record_two_million_samples_in_rounds() {
         use metrics::Recorder;
         const ROUNDS: u32 = 20;
         const SAMPLES_PER_ROUND: u32 = 100_000;
@@ -228,6 +243,9 @@ mod tests {
     /// the background thread, still held all of them after 5 s.
     #[test]
     fn pages_left_unused_by_frees_go_back_to_the_system_within_seconds() {
+        let _measuring = MEASURING_MEMORY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         const BUFFER: usize = 16 * 1024;
         const BUFFERS: usize = 4096;
         let before = resident_kib();
