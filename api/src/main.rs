@@ -194,19 +194,24 @@ mod tests {
         let _measuring = MEASURING_MEMORY
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        tokio::runtime::Builder::new_current_thread()
+        let upkeep_every = std::time::Duration::from_millis(50);
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .expect("runtime")
-            .block_on(record_two_million_samples_in_rounds());
+            .expect("runtime");
+        let recorder = {
+            let _inside = runtime.enter();
+            shared::telemetry::metrics_recorder(upkeep_every).expect("recorder")
+        };
+        runtime.block_on(record_two_million_samples_in_rounds(&recorder));
     }
 
-    async fn record_two_million_samples_in_rounds() {
+    async fn record_two_million_samples_in_rounds(
+        recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+    ) {
         use metrics::Recorder;
         const ROUNDS: u32 = 20;
         const SAMPLES_PER_ROUND: u32 = 100_000;
-        let upkeep_every = std::time::Duration::from_millis(50);
-        let recorder = shared::telemetry::metrics_recorder(upkeep_every).expect("recorder");
         let histogram = recorder.register_histogram(
             &metrics::Key::from_name("txdx_test_request_seconds"),
             &metrics::Metadata::new(module_path!(), metrics::Level::INFO, None),
