@@ -373,13 +373,19 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_j
 }
 
 /// The backends of this test's database listening for user changes (one
-/// per api process that reuses its token checks).
-const USER_CHANGE_LISTENERS: &str = "FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"txdx_user_changes\"'";
+/// per api process that reuses its token checks), as a `FROM` clause.
+fn user_change_listeners_from() -> String {
+    format!(
+        "FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"{}\"'",
+        shared::db::users::USER_CHANGES
+    )
+}
 
 /// How many backends listen for user changes.
 pub async fn user_change_listeners(pool: &PgPool) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) {USER_CHANGE_LISTENERS}"
+        "SELECT count(*) {}",
+        user_change_listeners_from()
     )))
     .fetch_one(pool)
     .await
@@ -390,7 +396,8 @@ pub async fn user_change_listeners(pool: &PgPool) -> i64 {
 /// lost connection would; answers whether each was signalled.
 pub async fn terminate_user_change_listeners(pool: &PgPool) -> Vec<bool> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT pg_terminate_backend(pid) {USER_CHANGE_LISTENERS}"
+        "SELECT pg_terminate_backend(pid) {}",
+        user_change_listeners_from()
     )))
     .fetch_all(pool)
     .await
