@@ -144,6 +144,10 @@ struct Cli {
     /// Concurrent `POST /api/auth/login` of the login burst (0 skips it).
     #[arg(long)]
     login_burst: Option<usize>,
+    /// Login bursts, one after another; the GETs during them are pooled
+    /// (default 5, smoke 1).
+    #[arg(long)]
+    login_bursts: Option<usize>,
     /// Offered rate of the `GET /api/tickets` stream around the login burst.
     #[arg(long, default_value_t = 50.0)]
     burst_get_rate: f64,
@@ -185,8 +189,11 @@ struct Plan {
     growth_companies: usize,
     growth_drain_tickets: usize,
     login_burst: usize,
-    /// GETs alone before the login burst.
+    login_bursts: usize,
+    /// GETs alone before the first login burst.
     burst_lead: Duration,
+    /// From one login burst's last answer to the next burst.
+    burst_gap: Duration,
     idle: Duration,
 }
 
@@ -244,7 +251,9 @@ impl Plan {
                 .or(cli.drain_tickets)
                 .unwrap_or(if smoke { 200 } else { 50_000 }),
             login_burst: cli.login_burst.unwrap_or(50),
+            login_bursts: cli.login_bursts.unwrap_or(if smoke { 1 } else { 5 }).max(1),
             burst_lead: secs(None, 10.0, 2.0),
+            burst_gap: secs(None, 3.0, 1.0),
             idle: secs(cli.idle_secs, 45.0, 2.0),
         }
     }
@@ -648,6 +657,8 @@ async fn measure(
             client,
             &tenants,
             plan.login_burst,
+            plan.login_bursts,
+            plan.burst_gap,
             cli.burst_get_rate,
             plan.burst_lead,
         )

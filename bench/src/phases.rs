@@ -19,7 +19,7 @@ use crate::{
     },
     run_drain, run_step, say,
     stats::Percentiles,
-    system::System,
+    system::{ProcUsage, System},
 };
 
 /// What every growth run needs.
@@ -151,26 +151,42 @@ pub async fn idle(
     })
 }
 
-/// GETs alone for `lead`, then `logins` concurrent logins with the GETs
-/// going on, which stop half a second after the last login's answer.
+/// GETs alone for `lead`, then `bursts` bursts of `logins` concurrent
+/// logins, `gap` apart, with the GETs going on; they stop half a second
+/// after the last burst's last answer. The GETs sent during any burst are
+/// pooled, so the "during" percentiles rest on `bursts` times as many
+/// GETs as one burst lasts.
 ///
 /// # Errors
 /// A process that died.
+#[expect(clippy::too_many_arguments, reason = "one phase's knobs")]
 pub async fn login_burst(
     system: &mut System,
     client: &reqwest::Client,
     tenants: &[Tenant],
     logins: usize,
+    bursts: usize,
+    gap: Duration,
     get_rate: f64,
     lead: Duration,
 ) -> anyhow::Result<LoginBurst> {
     /// GETs sent before this are the warm-up (connections opening).
     const WARM_UP_S: f64 = 0.5;
+    /// One burst: its start, its last answer, the answers and what the
+    /// processes used meanwhile.
+    struct Round {
+        from: tokio::time::Instant,
+        to: tokio::time::Instant,
+        answers: Vec<load::Login>,
+        usage: Vec<ProcUsage>,
+    }
+    let bursts = bursts.max(1);
     let api = system.api_url.clone();
     let stop = AtomicBool::new(false);
     let _sampler = system.sample_connections();
     say(format!(
-        "login burst: GET /api/tickets at {get_rate:.0}/s, {logins} logins after {:.0} s",
+        "login burst: GET /api/tickets at {get_rate:.0}/s, {bursts} × {logins} logins ({:.0} s apart) after {:.0} s",
+        gap.as_secs_f64(),
         lead.as_secs_f64()
     ));
     let gets = load::open_loop_until(
@@ -179,40 +195,65 @@ pub async fn login_burst(
         tenants,
         Request::ListTickets,
         get_rate,
-        // At most: the burst ends the stream as soon as it is over.
-        lead + Duration::from_secs(120),
+        // At most: the bursts end the stream as soon as they are over.
+        lead + (gap + Duration::from_secs(120)) * u32::try_from(bursts).unwrap_or(u32::MAX),
         MAX_IN_FLIGHT,
         &stop,
     );
-    let burst = async {
+    let rounds = async {
         tokio::time::sleep(lead).await;
-        let mark = system.mark();
-        let from = tokio::time::Instant::now();
-        let answers = load::login_burst(client, &api, tenants, logins).await;
-        let to = tokio::time::Instant::now();
-        let usage = system.usage_since(&mark);
+        let mut rounds = Vec::with_capacity(bursts);
+        for i in 0..bursts {
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            let mark = system.mark();
+            let from = tokio::time::Instant::now();
+            let answers = load::login_burst(client, &api, tenants, logins).await;
+            let to = tokio::time::Instant::now();
+            let usage = system.usage_since(&mark);
+            rounds.push(Round {
+                from,
+                to,
+                answers,
+                usage,
+            });
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, Ordering::Relaxed);
-        (from, to, answers, usage)
+        rounds
     };
-    let (gets, (from, to, answers, usage)) = tokio::join!(gets, burst);
+    let (gets, rounds) = tokio::join!(gets, rounds);
     system.check_alive()?;
-    let started = gets.started.unwrap_or(from);
-    let b0 = from.saturating_duration_since(started).as_secs_f64();
-    let b1 = to.saturating_duration_since(started).as_secs_f64();
+    let Some(first) = rounds.first() else {
+        anyhow::bail!("no login burst ran");
+    };
+    let started = gets.started.unwrap_or(first.from);
+    let since_start =
+        |at: tokio::time::Instant| at.saturating_duration_since(started).as_secs_f64();
+    let windows: Vec<(f64, f64)> = rounds
+        .iter()
+        .map(|r| (since_start(r.from), since_start(r.to)))
+        .collect();
+    let first_start = since_start(first.from);
     let before: Vec<_> = gets
         .samples
         .iter()
-        .filter(|s| s.sent_at_s >= WARM_UP_S && s.done_at_s <= b0)
+        .filter(|s| s.sent_at_s >= WARM_UP_S && s.done_at_s <= first_start)
         .collect();
     let during: Vec<_> = gets
         .samples
         .iter()
-        .filter(|s| s.sent_at_s >= b0 && s.sent_at_s <= b1)
+        .filter(|s| {
+            windows
+                .iter()
+                .any(|(b0, b1)| s.sent_at_s >= *b0 && s.sent_at_s <= *b1)
+        })
         .collect();
     let ok = |v: &[&load::Sample]| -> Vec<f64> {
         v.iter().filter(|s| s.ok).map(|s| s.latency_ms).collect()
     };
+    let answers: Vec<&load::Login> = rounds.iter().flat_map(|r| &r.answers).collect();
     let ok_logins: Vec<f64> = answers
         .iter()
         .filter(|l| l.status == Some(200))
@@ -220,33 +261,76 @@ pub async fn login_burst(
         .collect();
     let all_logins: Vec<f64> = answers.iter().map(|l| l.latency_ms).collect();
     let throttled = answers.iter().filter(|l| l.status == Some(429)).count();
+    let sent = logins * rounds.len();
     let burst = LoginBurst {
         logins,
+        bursts: rounds.len(),
+        gap_secs: gap.as_secs_f64(),
         users: tenants.len().min(logins),
         get_rate,
         get_before: Percentiles::of(&ok(&before)),
         get_during: Percentiles::of(&ok(&during)),
+        get_during_worst: windows
+            .iter()
+            .map(|(b0, b1)| {
+                during
+                    .iter()
+                    .filter(|s| s.ok && s.sent_at_s >= *b0 && s.sent_at_s <= *b1)
+                    .map(|s| s.latency_ms)
+                    .fold(0.0, f64::max)
+            })
+            .collect(),
         get_errors: before.iter().chain(&during).filter(|s| !s.ok).count() + gets.shed,
         login_ok: Percentiles::of(&ok_logins),
         login_all: Percentiles::of(&all_logins),
         ok: ok_logins.len(),
         throttled,
-        other_errors: answers.len() - ok_logins.len() - throttled + (logins - answers.len()),
-        burst_secs: b1 - b0,
+        other_errors: sent.saturating_sub(ok_logins.len() + throttled),
+        burst_secs: windows.iter().map(|(b0, b1)| b1 - b0).collect(),
         max_send_lag_ms: gets.max_send_lag_ms,
-        usage,
+        usage: merge_usage(
+            rounds
+                .iter()
+                .map(|r| (r.to.saturating_duration_since(r.from), r.usage.as_slice())),
+        ),
     };
     say(format!(
-        "login burst: {} of {} logins OK ({} throttled) in {:.2} s, login p99 {:.0} ms; GET p99 {:.1} ms during vs {:.1} ms before",
+        "login burst: {} of {sent} logins OK ({} throttled) in {} × {:.2} s (median), login p99 {:.0} ms; GET p99 {:.1} ms during vs {:.1} ms before",
         burst.ok,
-        logins,
         burst.throttled,
-        burst.burst_secs,
+        burst.bursts,
+        Percentiles::of(&burst.burst_secs).p50,
         burst.login_all.p99,
         burst.get_during.p99,
         burst.get_before.p99
     ));
     Ok(burst)
+}
+
+/// The processes' use over several windows, each `(wall time, use)`: CPU
+/// seconds add up, cores are their sum over the windows' summed wall time,
+/// peaks are the largest of any window.
+fn merge_usage<'a>(windows: impl Iterator<Item = (Duration, &'a [ProcUsage])>) -> Vec<ProcUsage> {
+    let mut merged: Vec<ProcUsage> = Vec::new();
+    let mut wall = 0.0;
+    for (secs, usage) in windows {
+        wall += secs.as_secs_f64();
+        for u in usage {
+            match merged.iter_mut().find(|m| m.name == u.name) {
+                Some(m) => {
+                    m.cpu_secs += u.cpu_secs;
+                    m.peak_rss_mib = m.peak_rss_mib.max(u.peak_rss_mib);
+                    m.lifetime_peak_rss_mib = m.lifetime_peak_rss_mib.max(u.lifetime_peak_rss_mib);
+                    m.peak_db_connections = m.peak_db_connections.max(u.peak_db_connections);
+                }
+                None => merged.push(u.clone()),
+            }
+        }
+    }
+    for m in &mut merged {
+        m.cores = m.cpu_secs / wall.max(1e-9);
+    }
+    merged
 }
 
 /// The growth runs; a failure ends them and is kept in [`Growth::error`].
@@ -464,4 +548,44 @@ async fn round(
         },
         top,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(name: &str, cpu_secs: f64, wall: f64, rss: f64, conns: usize) -> ProcUsage {
+        ProcUsage {
+            name: name.into(),
+            cpu_secs,
+            cores: cpu_secs / wall,
+            peak_rss_mib: rss,
+            lifetime_peak_rss_mib: rss,
+            peak_db_connections: conns,
+        }
+    }
+
+    #[test]
+    fn windows_add_their_cpu_over_their_summed_time_and_keep_the_largest_peaks() {
+        let one = [
+            usage("api", 1.0, 1.0, 30.0, 4),
+            usage("postgres", 0.5, 1.0, 0.0, 6),
+        ];
+        let two = [usage("api", 2.0, 3.0, 25.0, 7)];
+        let merged = merge_usage(
+            [
+                (Duration::from_secs(1), one.as_slice()),
+                (Duration::from_secs(3), two.as_slice()),
+            ]
+            .into_iter(),
+        );
+        let api = merged.iter().find(|u| u.name == "api").unwrap();
+        assert!((api.cpu_secs - 3.0).abs() < 1e-9);
+        assert!((api.cores - 0.75).abs() < 1e-9, "{}", api.cores);
+        assert!((api.peak_rss_mib - 30.0).abs() < 1e-9);
+        assert_eq!(api.peak_db_connections, 7);
+        // A process seen in one window only counts over all of them.
+        let postgres = merged.iter().find(|u| u.name == "postgres").unwrap();
+        assert!((postgres.cores - 0.125).abs() < 1e-9, "{}", postgres.cores);
+    }
 }
