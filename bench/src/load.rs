@@ -134,6 +134,10 @@ pub enum Request {
 pub struct Sample {
     /// Milliseconds from the intended send time to the full response.
     pub latency_ms: f64,
+    /// Milliseconds from the intended send time to the moment the request
+    /// task began sending: the load generator's own lateness, part of
+    /// `latency_ms`.
+    pub send_lag_ms: f64,
     /// Seconds from the start of the run to the intended send time.
     pub sent_at_s: f64,
     /// Seconds from the start of the run to the response.
@@ -292,11 +296,13 @@ pub async fn open_loop_until(
             in_flight.clone(),
         );
         set.spawn(async move {
+            let began = tokio::time::Instant::now();
             let (ok, ticket_id) = send(&client, &api, &tenant, request).await;
             let now = tokio::time::Instant::now();
             in_flight.fetch_sub(1, Ordering::Relaxed);
             Sample {
                 latency_ms: now.saturating_duration_since(intended).as_secs_f64() * 1e3,
+                send_lag_ms: began.saturating_duration_since(intended).as_secs_f64() * 1e3,
                 sent_at_s,
                 done_at_s: now.saturating_duration_since(start).as_secs_f64(),
                 ok,

@@ -253,6 +253,13 @@ pub async fn login_burst(
     let ok = |v: &[&load::Sample]| -> Vec<f64> {
         v.iter().filter(|s| s.ok).map(|s| s.latency_ms).collect()
     };
+    let ok_sent = |v: &[&load::Sample]| -> Vec<f64> {
+        v.iter()
+            .filter(|s| s.ok)
+            .map(|s| s.latency_ms - s.send_lag_ms)
+            .collect()
+    };
+    let lag = |v: &[&load::Sample]| -> Vec<f64> { v.iter().map(|s| s.send_lag_ms).collect() };
     let answers: Vec<&load::Login> = rounds.iter().flat_map(|r| &r.answers).collect();
     let ok_logins: Vec<f64> = answers
         .iter()
@@ -280,6 +287,10 @@ pub async fn login_burst(
                     .fold(0.0, f64::max)
             })
             .collect(),
+        get_before_sent: Percentiles::of(&ok_sent(&before)),
+        get_during_sent: Percentiles::of(&ok_sent(&during)),
+        get_lag_before: Percentiles::of(&lag(&before)),
+        get_lag_during: Percentiles::of(&lag(&during)),
         get_errors: before.iter().chain(&during).filter(|s| !s.ok).count() + gets.shed,
         login_ok: Percentiles::of(&ok_logins),
         login_all: Percentiles::of(&all_logins),
