@@ -115,7 +115,11 @@ pub async fn push_action_jobs(
     job_ids: &[String],
     jobs: &[ActionEnqueue],
 ) -> Result<(), DbError> {
-    execute_insert(conn, &ActionJobRows::new(job_ids, jobs)?).await
+    let rows = ActionJobRows::new(job_ids, jobs)?;
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    execute_insert(conn, &rows).await
 }
 
 /// New action jobs as the arrays of one insert into apalis's table

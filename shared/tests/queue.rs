@@ -104,6 +104,28 @@ async fn jobs_of(pool: &PgPool) -> i64 {
 }
 
 #[sqlx::test(migrations = false)]
+async fn pushing_no_jobs_sends_no_statement_and_mismatched_ids_are_refused(pool: PgPool) {
+    db::migrate(&pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    // An aborted transaction refuses every statement until it ends: a push
+    // that still answers Ok sent none.
+    assert!(sqlx::query("SELECT 1 / 0").execute(&mut *tx).await.is_err());
+    shared::jobs::push_action_jobs(&mut tx, &[], &[])
+        .await
+        .unwrap();
+    let refused =
+        shared::jobs::push_action_jobs(&mut tx, &["01J0000000000000000000000A".into()], &[])
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(refused, db::DbError::Invalid { ref field, .. } if field == "job"),
+        "{refused:?}"
+    );
+    tx.rollback().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_claim_over_max_concurrency_is_snoozed_without_using_an_attempt(pool: PgPool) {
     db::migrate(&pool).await.unwrap();
     let (company, _, actions) = seed(&pool, json!({"max_concurrency": 1}), 2).await;
