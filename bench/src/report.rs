@@ -251,9 +251,10 @@ pub struct LoginBurst {
     pub get_before_sent: Percentiles,
     /// The same for the GETs during the bursts.
     pub get_during_sent: Percentiles,
-    /// The load generator's lateness in sending the GETs before the bursts,
-    /// and during them (ms).
+    /// The load generator's lateness in sending the GETs before the bursts
+    /// (ms).
     pub get_lag_before: Percentiles,
+    /// Its lateness in sending those during the bursts (ms).
     pub get_lag_during: Percentiles,
     /// GETs of both windows that failed or were shed.
     pub get_errors: usize,
@@ -936,13 +937,17 @@ fn idle_section(s: &mut String, idle: &Idle) {
     }
 }
 
-fn login_section(s: &mut String, b: &LoginBurst) {
-    let secs = b
-        .burst_secs
+/// `values` with `decimals` decimals, separated by commas.
+fn listed(values: &[f64], decimals: usize) -> String {
+    values
         .iter()
-        .map(|x| format!("{x:.2}"))
+        .map(|x| format!("{x:.decimals$}"))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+fn login_section(s: &mut String, b: &LoginBurst) {
+    let secs = listed(&b.burst_secs, 2);
     let bursts = if b.bursts == 1 {
         "One burst".to_owned()
     } else {
@@ -972,12 +977,7 @@ fn login_section(s: &mut String, b: &LoginBurst) {
             p.n, p.p50, p.p95, p.p99, p.max
         );
     }
-    let worst = b
-        .get_during_worst
-        .iter()
-        .map(|x| format!("{x:.1}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let worst = listed(&b.get_during_worst, 1);
     let api = b.usage.iter().find(|u| u.name == "api");
     let api_cores = api.map_or("–".into(), |u| format!("{:.2}", u.cores));
     let api_rss = api.map_or("–".into(), |u| format!("{:.1} MiB", u.peak_rss_mib));
