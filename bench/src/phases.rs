@@ -241,22 +241,22 @@ pub async fn login_burst(
         .iter()
         .filter(|s| s.sent_at_s >= WARM_UP_S && s.done_at_s <= first_start)
         .collect();
-    let during: Vec<_> = gets
-        .samples
+    // The GETs sent during each burst, then all of them.
+    let per_burst: Vec<Vec<&load::Sample>> = windows
         .iter()
-        .filter(|s| {
-            windows
+        .map(|(b0, b1)| {
+            gets.samples
                 .iter()
-                .any(|(b0, b1)| s.sent_at_s >= *b0 && s.sent_at_s <= *b1)
+                .filter(|s| s.sent_at_s >= *b0 && s.sent_at_s <= *b1)
+                .collect()
         })
         .collect();
-    let ok = |v: &[&load::Sample]| -> Vec<f64> {
-        v.iter().filter(|s| s.ok).map(|s| s.latency_ms).collect()
-    };
-    let ok_sent = |v: &[&load::Sample]| -> Vec<f64> {
+    let during: Vec<&load::Sample> = per_burst.iter().flatten().copied().collect();
+    // Answered GETs timed from their intended send, and from their send.
+    let ok = |v: &[&load::Sample], from_send: bool| -> Vec<f64> {
         v.iter()
             .filter(|s| s.ok)
-            .map(|s| s.latency_ms - s.send_lag_ms)
+            .map(|s| s.latency_ms - if from_send { s.send_lag_ms } else { 0.0 })
             .collect()
     };
     let lag = |v: &[&load::Sample]| -> Vec<f64> { v.iter().map(|s| s.send_lag_ms).collect() };
@@ -275,20 +275,14 @@ pub async fn login_burst(
         gap_secs: gap.as_secs_f64(),
         users: tenants.len().min(logins),
         get_rate,
-        get_before: Percentiles::of(&ok(&before)),
-        get_during: Percentiles::of(&ok(&during)),
-        get_during_worst: windows
+        get_before: Percentiles::of(&ok(&before, false)),
+        get_during: Percentiles::of(&ok(&during, false)),
+        get_during_worst: per_burst
             .iter()
-            .map(|(b0, b1)| {
-                during
-                    .iter()
-                    .filter(|s| s.ok && s.sent_at_s >= *b0 && s.sent_at_s <= *b1)
-                    .map(|s| s.latency_ms)
-                    .fold(0.0, f64::max)
-            })
+            .map(|gets| ok(gets, false).into_iter().fold(0.0, f64::max))
             .collect(),
-        get_before_sent: Percentiles::of(&ok_sent(&before)),
-        get_during_sent: Percentiles::of(&ok_sent(&during)),
+        get_before_sent: Percentiles::of(&ok(&before, true)),
+        get_during_sent: Percentiles::of(&ok(&during, true)),
         get_lag_before: Percentiles::of(&lag(&before)),
         get_lag_during: Percentiles::of(&lag(&during)),
         get_errors: before.iter().chain(&during).filter(|s| !s.ok).count() + gets.shed,
