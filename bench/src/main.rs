@@ -14,8 +14,9 @@
 //!    saturation, and a drain of N pre-queued tickets;
 //! 4. the api's and the workers' memory at rest, a burst of concurrent
 //!    logins under a steady `GET /api/tickets` stream, and growth: the
-//!    saturation, half-saturation and drain figures again with a large
-//!    history seeded into the tables, then with many more companies.
+//!    saturation, half-saturation and drain figures again, in rounds each
+//!    judged against the one before it: on the tables as they are, with a
+//!    large history seeded into them, then with many more companies.
 //!
 //! It writes `results.json` and `report.md` to `--out-dir` and the two SVG
 //! charts to `--plot-dir`. `scripts/bench.sh` builds and runs it.

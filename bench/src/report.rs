@@ -330,7 +330,8 @@ impl HalfSteps {
 /// The figures of one growth run.
 #[derive(Debug, Clone, Serialize)]
 pub struct GrowthRound {
-    /// `history`, `history + companies` or `companies`.
+    /// `before` (the tables as the main phases left them), `history`,
+    /// `history + companies` or `companies`.
     pub label: String,
     /// Companies the load was spread over.
     pub companies: usize,
@@ -365,7 +366,8 @@ pub struct Growth {
     pub seed: Option<Seeded>,
     /// The registration of the extra companies.
     pub registration: Option<Registration>,
-    /// The runs, in order (each on top of the one before).
+    /// The rounds, in order (each on top of the one before, and judged
+    /// against it).
     pub rounds: Vec<GrowthRound>,
     /// Why the growth runs stopped early.
     pub error: Option<String>,
@@ -817,10 +819,10 @@ pub fn markdown(r: &Results) -> String {
         burst.map(|(x, _)| x <= 2.0),
     );
     let history = r.growth.as_ref().and_then(|g| {
-        let round = g.rounds.iter().find(|x| x.label == "history")?;
-        growth_figures(r, std::slice::from_ref(round))
+        let i = g.rounds.iter().position(|x| x.label == "history")?;
+        growth_figures(r, &g.rounds)
             .iter()
-            .filter_map(|f| Some((f.worsening(0)?, f.name.clone())))
+            .filter_map(|f| Some((f.worsening(i)?, f.name.clone())))
             .max_by(|a, b| a.0.total_cmp(&b.0))
     });
     target(
@@ -998,22 +1000,32 @@ fn login_section(s: &mut String, b: &LoginBurst) {
     );
 }
 
-/// One figure of the growth table: its baseline and its value in each run.
+/// One figure of the growth table: the main figures' value and each
+/// round's.
 struct Figure {
     name: String,
     higher_is_better: bool,
-    base: Option<f64>,
+    main: Option<f64>,
     runs: Vec<Option<f64>>,
 }
 
 impl Figure {
-    /// Signed change of run `i` from the baseline (%).
+    /// What round `i` is judged against: the round before it, or the main
+    /// figures for the first round.
+    fn reference(&self, i: usize) -> Option<f64> {
+        match i.checked_sub(1) {
+            Some(before) => *self.runs.get(before)?,
+            None => self.main,
+        }
+    }
+
+    /// Signed change of round `i` from its reference (%).
     fn change(&self, i: usize) -> Option<f64> {
-        let (base, v) = (self.base?, (*self.runs.get(i)?)?);
+        let (base, v) = (self.reference(i)?, (*self.runs.get(i)?)?);
         (base > 0.0).then(|| (v - base) / base * 100.0)
     }
 
-    /// How much worse run `i` is than the baseline (%; negative: better).
+    /// How much worse round `i` is than its reference (%; negative: better).
     fn worsening(&self, i: usize) -> Option<f64> {
         self.change(i)
             .map(|c| if self.higher_is_better { -c } else { c })
@@ -1030,8 +1042,8 @@ fn growth_figures(r: &Results, rounds: &[GrowthRound]) -> Vec<Figure> {
         figures.push(Figure {
             name: format!("drain, actions/s ({tickets} tickets, {workers} workers)"),
             higher_is_better: true,
-            // Only a drain of the same size is a baseline.
-            base: r
+            // Only a drain of the same size compares.
+            main: r
                 .drain
                 .as_ref()
                 .filter(|d| d.tickets == tickets && d.workers == workers)
@@ -1049,7 +1061,7 @@ fn growth_figures(r: &Results, rounds: &[GrowthRound]) -> Vec<Figure> {
                 sat.workers
             ),
             higher_is_better: true,
-            base: r
+            main: r
                 .saturation
                 .iter()
                 .find(|s| s.workers == sat.workers)
@@ -1075,7 +1087,7 @@ fn growth_figures(r: &Results, rounds: &[GrowthRound]) -> Vec<Figure> {
                     half.steps.len()
                 ),
                 higher_is_better: false,
-                base: r.half.as_ref().map(|h| h.median(f)),
+                main: r.half.as_ref().map(|h| h.median(f)),
                 runs: rounds
                     .iter()
                     .map(|g| g.half.as_ref().map(|h| h.median(f)))
@@ -1127,7 +1139,7 @@ fn growth_section(s: &mut String, r: &Results, g: &Growth) {
         let figures = growth_figures(r, &g.rounds);
         let _ = write!(
             s,
-            "\nEach run is on top of the one before (the companies run keeps the history); Δ is against the main figures above, measured the same way with {} companies and no seeded rows.\n\n| figure | baseline |",
+            "\nEach round is on top of the one before (the companies round keeps the history). Each Δ is against the column before it: the first round's against the main figures above (measured the same way with {} companies and no seeded rows, minutes earlier), every later round's against the round before it, so that the machine's drift over a run counts as little as it can.\n\n| figure | main figures |",
             r.settings.companies
         );
         for round in &g.rounds {
@@ -1144,7 +1156,7 @@ fn growth_section(s: &mut String, r: &Results, g: &Growth) {
         s.push('\n');
         let value = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
         for f in &figures {
-            let _ = write!(s, "| {} | {} |", f.name, value(f.base));
+            let _ = write!(s, "| {} | {} |", f.name, value(f.main));
             for (i, v) in f.runs.iter().enumerate() {
                 let delta = match (f.change(i), f.worsening(i)) {
                     (Some(c), Some(w)) if w > 10.0 => format!("**{c:+.1} %**"),
@@ -1155,7 +1167,7 @@ fn growth_section(s: &mut String, r: &Results, g: &Growth) {
             }
             s.push('\n');
         }
-        s.push_str("\nA bold Δ is more than 10 % worse than the baseline.\n");
+        s.push_str("\nA bold Δ is more than 10 % worse than the column before it.\n");
         for round in &g.rounds {
             if let Some(left) = round.history_jobs_left {
                 let _ = writeln!(
@@ -1286,24 +1298,42 @@ mod tests {
         let throughput = Figure {
             name: "drain".into(),
             higher_is_better: true,
-            base: Some(200.0),
-            runs: vec![Some(150.0), None],
+            main: Some(200.0),
+            runs: vec![Some(150.0), None, Some(120.0)],
         };
         assert_eq!(throughput.change(0), Some(-25.0));
         assert_eq!(throughput.worsening(0), Some(25.0));
         assert_eq!(throughput.change(1), None);
+        // A round after one with no value has nothing to compare with.
+        assert_eq!(throughput.change(2), None);
         let latency = Figure {
             name: "p99".into(),
             higher_is_better: false,
-            base: Some(10.0),
+            main: Some(10.0),
             runs: vec![Some(9.0)],
         };
         assert_eq!(latency.worsening(0).map(f64::round), Some(-10.0));
         let no_base = Figure {
-            base: Some(0.0),
+            main: Some(0.0),
             ..latency
         };
         assert_eq!(no_base.change(0), None);
+    }
+
+    #[test]
+    fn a_later_round_is_judged_against_the_round_before_it_not_the_main_figures() {
+        let drain = Figure {
+            name: "drain".into(),
+            higher_is_better: true,
+            main: Some(4000.0),
+            runs: vec![Some(3000.0), Some(2850.0), Some(2280.0)],
+        };
+        // The first round against the main figures: the machine's drift.
+        assert_eq!(drain.change(0), Some(-25.0));
+        // The history round against the round before it: -5 %, not -28.75 %.
+        assert_eq!(drain.change(1), Some(-5.0));
+        assert_eq!(drain.worsening(2), Some(20.0));
+        assert_eq!(drain.change(3), None);
     }
 
     fn step(post_p99: f64) -> Step {
