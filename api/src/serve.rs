@@ -1,12 +1,20 @@
-//! Serving the router over TCP: HTTP/1.1 and HTTP/2 (hyper-util's automatic
-//! builder), with a deadline on every request header and a graceful stop.
+//! Serving the router over TCP: HTTP/1.1 (hyper's connection with a timer),
+//! with a deadline on every request header and a graceful stop.
 //!
 //! `axum::serve` gives hyper no timer, and without one hyper enforces no
 //! header deadline: a client that opens a connection and sends nothing, sends
 //! its header a byte at a time, or keeps a keep-alive connection idle, holds
 //! its socket, its task and its buffers for as long as it likes. Here each
-//! HTTP/1 connection must complete its next request header within
-//! `keep_alive` of opening or of its previous response, or it is closed.
+//! connection must complete its next request header within `keep_alive` of
+//! opening or of its previous response, or it is closed.
+//!
+//! HTTP/1.1 only. Over plain TCP, HTTP/2 is h2c with prior knowledge, which
+//! no browser speaks and a proxy in front of the api need not: it would take
+//! hyper-util's automatic builder, whose wait for the first bytes (to tell the
+//! versions apart) has no deadline, and an HTTP/2 connection has no idle
+//! deadline in hyper at all, so a client that opened one and went quiet held
+//! it for ever. A client that opens with the HTTP/2 preface is answered with
+//! a closed connection.
 
 use std::{future::Future, io, net::SocketAddr, time::Duration};
 
@@ -15,12 +23,10 @@ use axum::{
     body::Body,
     extract::{ConnectInfo, Request},
 };
+use hyper::server::conn::http1;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto::Builder,
-        graceful::{GracefulConnection, GracefulShutdown},
-    },
+    rt::{TokioIo, TokioTimer},
+    server::graceful::{GracefulConnection, GracefulShutdown},
     service::TowerToHyperService,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -84,16 +90,10 @@ fn serve_connection(
         request.extensions_mut().insert(ConnectInfo(peer));
         request
     });
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(keep_alive);
-    // As axum::serve: the CONNECT protocol for WebSockets over HTTP/2.
-    builder.http2().enable_connect_protocol();
-    builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-        .into_owned()
+        .header_read_timeout(keep_alive)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
 }
 
 fn is_peer_error(e: &io::Error) -> bool {

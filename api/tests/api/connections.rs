@@ -72,6 +72,36 @@ async fn a_client_that_never_completes_its_header_is_disconnected(pool: PgPool) 
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_client_that_sends_nothing_is_disconnected(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, KEEP_ALIVE).await;
+    let mut stream = connect(&app).await;
+    let opened = Instant::now();
+
+    let (answer, closed) = read_until_closed(&mut stream).await;
+
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(closed - opened >= Duration::from_millis(900));
+}
+
+/// HTTP/2 over plain TCP (prior knowledge) is not served: the preface is
+/// refused at once, not left holding the connection until a deadline.
+#[sqlx::test(migrations = false)]
+async fn a_client_that_opens_with_the_http2_preface_is_refused_at_once(pool: PgPool) {
+    // The default keep-alive (30 s): a close within read_until_closed's 10 s
+    // is the refusal, not the deadline.
+    let app = TestApp::spawn(pool).await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+
+    let (answer, _) = read_until_closed(&mut stream).await;
+
+    assert!(!answer.contains("200 OK"), "{answer}");
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_request_slower_than_the_timeout_is_answered_in_full(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), KEEP_ALIVE).await;
     let admin = app.register_company("Acme").await;
