@@ -9,7 +9,9 @@
 //! when it is free (up to [`MAX_BATCH`](crate::ticket_writer::MAX_BATCH))
 //! and committing them in one transaction scoped to exactly their
 //! companies. Alone, a request is written at once; under load the requests
-//! that queued during one commit share the next, so the database does one
+//! that queued during one commit share the next (the second lane starts
+//! beside a running commit only once
+//! [`OVERLAP_AT`](crate::ticket_writer::OVERLAP_AT) requests wait), so the database does one
 //! commit and four statements for many tickets (integrations, backlogs when
 //! not remembered, tickets, then actions with their jobs and audit rows). A batch whose transaction
 //! fails is written again one request at a time, so one request's failure
@@ -39,7 +41,7 @@ use anyhow::anyhow;
 use serde_json::json;
 use shared::{
     PgPool,
-    batch::Batcher,
+    batch::{Batcher, Lanes},
     config::Config,
     db::{
         self, DbError, PgConnection,
@@ -60,6 +62,13 @@ pub const MAX_BATCH: usize = 128;
 /// Writer tasks: while one commits, the next gathers the requests that
 /// arrived meanwhile.
 pub const WRITERS: usize = 2;
+
+/// Requests that start a second transaction beside a running one; fewer
+/// wait for it to commit and go together in the next (BENCHMARKS.md, "One
+/// transaction at a time below saturation"). At 1,200 tickets/s the
+/// batches grew from 4–8 to 9–14 tickets and PostgreSQL's CPU fell by a
+/// tenth; at saturation the queue passes 16 and both lanes write.
+pub const OVERLAP_AT: usize = 16;
 
 /// How long a company's counted backlog is reused by the next batches.
 pub const BACKLOG_TTL: Duration = Duration::from_secs(1);
@@ -384,7 +393,12 @@ impl TicketWriter {
     /// Starts [`WRITERS`] writer tasks on the current runtime.
     pub fn spawn(pool: PgPool, config: Arc<Config>) -> Self {
         let backlogs = Arc::new(BacklogCache::default());
-        let batcher = Batcher::spawn("tickets", WRITERS, MAX_BATCH, {
+        let lanes = Lanes {
+            count: WRITERS,
+            max_batch: MAX_BATCH,
+            overlap_at: OVERLAP_AT,
+        };
+        let batcher = Batcher::spawn("tickets", lanes, {
             let backlogs = backlogs.clone();
             move |requests| {
                 let (pool, config, backlogs) = (pool.clone(), config.clone(), backlogs.clone());

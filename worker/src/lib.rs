@@ -74,15 +74,23 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Arc<WorkerState>> {
         Err(e) => anyhow::bail!("secret store does not answer: {e}"),
     }
     // Two lanes: one batch gathers while the other is in the database.
-    let batch_size = config.worker_concurrency;
-    let claims = shared::batch::Batcher::spawn("claims", 2, batch_size, {
+    // Each starts as soon as it holds a request: claims and outcomes come
+    // in bursts (a fetch's deliveries), and holding the second lane back
+    // until the first commits left their batch sizes where they were
+    // (BENCHMARKS.md, "One transaction at a time below saturation").
+    let lanes = shared::batch::Lanes {
+        count: 2,
+        max_batch: config.worker_concurrency,
+        overlap_at: 1,
+    };
+    let claims = shared::batch::Batcher::spawn("claims", lanes, {
         let pool = pool.clone();
         move |jobs| handler::claim_jobs(pool.clone(), jobs)
     });
     let stale_running_after =
         config.action_timeout + config.queue_heartbeat * config.queue_missed_heartbeats as u32;
     let finished = Arc::new(queue::Finished::new(stale_running_after));
-    let outcomes = shared::batch::Batcher::spawn("outcomes", 2, batch_size, {
+    let outcomes = shared::batch::Batcher::spawn("outcomes", lanes, {
         let pool = pool.clone();
         let finished = finished.clone();
         move |items| handler::record_outcomes(pool.clone(), finished.clone(), items)

@@ -285,15 +285,18 @@ impl TestApp {
         tokio::spawn(async move { request.send().await.unwrap() })
     }
 
-    /// Waits (up to 10 s) until at least `n` ticket inserts of this test's
-    /// database wait on a lock (tests running beside it have their own).
+    /// Ticket inserts of this test's database that wait on a lock (tests
+    /// running beside it have their own).
+    pub async fn stalled_ticket_inserts(&self) -> i64 {
+        self.count("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tickets%'")
+            .await
+    }
+
+    /// Waits (up to 10 s) until at least `n` ticket inserts wait on a lock
+    /// ([`stalled_ticket_inserts`](Self::stalled_ticket_inserts)).
     pub async fn wait_for_stalled_ticket_inserts(&self, n: i64) {
         let mut waited = std::time::Duration::ZERO;
-        while self
-            .count("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tickets%'")
-            .await
-            < n
-        {
+        while self.stalled_ticket_inserts().await < n {
             assert!(
                 waited < std::time::Duration::from_secs(10),
                 "fewer than {n} ticket inserts ever waited on the lock"

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use txdx_api::{
     auth::AuthUser,
     routes::tickets::NewActionRequest,
-    ticket_writer::{CreateTicket, TicketWriter},
+    ticket_writer::{CreateTicket, OVERLAP_AT, TicketWriter},
 };
 use uuid::Uuid;
 
@@ -238,26 +238,34 @@ async fn requests_that_queue_behind_a_commit_share_the_next_one(pool: PgPool) {
     let a = app.register_company("Alpha").await;
     let b = app.register_company("Bravo").await;
     // Hold Alpha's company row: a ticket insert for Alpha waits on it (its
-    // foreign-key check), so both writers stall on Alpha's tickets while
-    // later requests queue.
-    // With Alpha's row held, both writers stall on Alpha's tickets while
-    // later requests queue.
+    // foreign-key check), so a writer stalls on Alpha's tickets while later
+    // requests queue.
     let lock = app.hold_company_row(a.company_id).await;
     let post =
         |session: &Session, subject: String| app.post_ticket_in_background(session, &subject);
-    // One request at a time, so that each writer takes one and stalls.
-    let mut held = Vec::new();
-    for i in 0..2 {
-        held.push(post(&a, format!("held {i}")));
-        app.wait_for_stalled_ticket_inserts(i + 1).await;
-    }
+    let mut held = vec![post(&a, "held".into())];
+    app.wait_for_stalled_ticket_inserts(1).await;
+    // Fewer than OVERLAP_AT requests wait for the running commit rather
+    // than start a second one beside it.
     let queued: Vec<_> = (0..10)
         .map(|i| post(if i % 2 == 0 { &a } else { &b }, format!("queued {i}")))
         .collect();
     // Give the queued requests time to pass authentication and queue up.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.stalled_ticket_inserts().await,
+        1,
+        "ten requests started a second commit beside the stalled one"
+    );
+    // OVERLAP_AT more do: the second writer starts beside the first (and
+    // stalls on Alpha's row too).
+    let more: Vec<_> = (0..OVERLAP_AT)
+        .map(|i| post(&a, format!("more {i}")))
+        .collect();
+    app.wait_for_stalled_ticket_inserts(2).await;
     lock.rollback().await.unwrap();
     held.extend(queued);
+    held.extend(more);
     for response in held {
         let response = response.await.unwrap();
         assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
@@ -273,7 +281,10 @@ async fn requests_that_queue_behind_a_commit_share_the_next_one(pool: PgPool) {
         .count("SELECT count(*) FROM tickets t JOIN users u ON u.id = t.created_by_user_id WHERE u.company_id <> t.company_id")
         .await;
     assert_eq!(wrong_company, 0);
-    assert_eq!(app.count("SELECT count(*) FROM tickets").await, 12);
+    assert_eq!(
+        app.count("SELECT count(*) FROM tickets").await,
+        11 + OVERLAP_AT as i64
+    );
     // And a request's own mistake is still its own 422.
     let response = app
         .post_json(
