@@ -232,6 +232,15 @@ mod tests {
         }
     }
 
+    /// The answer of a call made in the background; a batch that never
+    /// answers fails the test after 5 s instead of hanging it.
+    async fn answered(call: tokio::task::JoinHandle<Option<u32>>) -> Option<u32> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), call)
+            .await
+            .expect("answered within 5 s")
+            .expect("the caller task ran")
+    }
+
     fn call_in_background(
         batcher: &Arc<Batcher<u32, u32>>,
         request: u32,
@@ -256,13 +265,13 @@ mod tests {
             "two requests, fewer than four, started a second batch beside the running one"
         );
         go.add_permits(1);
-        assert_eq!(first.await.expect("the caller task ran"), Some(1));
+        assert_eq!(answered(first).await, Some(1));
         let mut second = batches.recv().await.unwrap_or_default();
         second.sort_unstable();
         assert_eq!(second, vec![2, 3], "one batch for both");
         go.add_permits(1);
         for (call, request) in later.into_iter().zip([2, 3]) {
-            assert_eq!(call.await.expect("the caller task ran"), Some(request));
+            assert_eq!(answered(call).await, Some(request));
         }
     }
 
@@ -283,9 +292,9 @@ mod tests {
         second.sort_unstable();
         assert_eq!(second, vec![2, 3]);
         go.add_permits(2);
-        assert_eq!(first.await.expect("the caller task ran"), Some(1));
+        assert_eq!(answered(first).await, Some(1));
         for (call, request) in later.into_iter().zip([2, 3]) {
-            assert_eq!(call.await.expect("the caller task ran"), Some(request));
+            assert_eq!(answered(call).await, Some(request));
         }
     }
 
