@@ -153,13 +153,21 @@ pub struct Config {
     /// the queue beside LISTEN/NOTIFY; it also bounds how late a job whose
     /// run time (a retry's backoff, a snooze) has just come is fetched.
     pub queue_poll_interval: Duration,
-    /// `QUEUE_FETCH_COOLDOWN_MS` (default 20, at most 1000): the least time
-    /// between the starts of two fetches of a worker that has emptied the
-    /// queue. Notifications that come sooner are answered by one fetch at
-    /// its end, so at mid rates a fetch takes several new jobs instead of
-    /// one. A backlog is fetched without pause; `0` fetches on every
-    /// notification.
+    /// `QUEUE_FETCH_COOLDOWN_MS` (default 50, at most 1000): the longest
+    /// time between the starts of two fetches of a worker that has emptied
+    /// the queue. Notifications that come sooner are answered by one fetch
+    /// at its end, so under load a fetch takes many new jobs instead of a
+    /// few. A fetch waits this whole cooldown after a fetch that took
+    /// [`queue_fetch_cooldown_full_at`](Self::queue_fetch_cooldown_full_at)
+    /// jobs or more, that share of it after one that took fewer (a quiet
+    /// system's next job is fetched at once), and never longer than the
+    /// last fetch's pace takes to bring half a fetch. A backlog is fetched
+    /// without pause; `0` fetches on every notification.
     pub queue_fetch_cooldown: Duration,
+    /// `QUEUE_FETCH_COOLDOWN_FULL_AT` (default 16, at least 1): the jobs a
+    /// fetch must take for the next one to wait the whole
+    /// [`queue_fetch_cooldown`](Self::queue_fetch_cooldown).
+    pub queue_fetch_cooldown_full_at: usize,
     /// `ACTION_TIMEOUT_SECS` (default 20): one attempt's hard limit; kept well
     /// under heartbeat × missed beats so a slow job is never taken as orphaned.
     pub action_timeout: Duration,
@@ -366,8 +374,11 @@ impl Config {
                     .clamp(10, 60_000),
             ),
             queue_fetch_cooldown: Duration::from_millis(
-                env.parse("QUEUE_FETCH_COOLDOWN_MS", 20u64)?.min(1000),
+                env.parse("QUEUE_FETCH_COOLDOWN_MS", 50u64)?.min(1000),
             ),
+            queue_fetch_cooldown_full_at: env
+                .parse("QUEUE_FETCH_COOLDOWN_FULL_AT", 16usize)?
+                .max(1),
             action_timeout,
             retry_backoff_base: Duration::from_millis(
                 env.parse("RETRY_BACKOFF_BASE_MS", 1000u64)?.max(1),

@@ -177,7 +177,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let concurrency = config.worker_concurrency;
     let poll_interval = config.queue_poll_interval;
-    let fetch_cooldown = config.queue_fetch_cooldown;
+    let (fetch_cooldown, fetch_cooldown_full_at) = (
+        config.queue_fetch_cooldown,
+        config.queue_fetch_cooldown_full_at,
+    );
     // The fetch already takes each job for this worker (`Queued`, with
     // its `lock_by`), which is all that orphan rescue and the ack need;
     // apalis's lock event would write every job row a second time just to
@@ -232,6 +235,7 @@ pub async fn run(
                 state.finished.clone(),
                 wake,
                 fetch_cooldown,
+                fetch_cooldown_full_at,
             );
             WorkerBuilder::new(format!("txdx-{host}-{incarnation}-{restarts}"))
                 .backend(backend)

@@ -25,7 +25,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -105,9 +105,9 @@ pub struct ActionFetch {
     config: Config,
     preclaimed: Arc<Preclaimed>,
     finished: Arc<Finished>,
-    /// Whether the last fetch took fewer jobs than it asked for: it took
+    /// How many jobs the last fetch took. Fewer than it asked for: it took
     /// every job due then that no other fetch was taking.
-    drained: Arc<AtomicBool>,
+    fetched: Arc<AtomicUsize>,
 }
 
 impl ActionFetch {
@@ -219,8 +219,7 @@ impl Persistence for ActionFetch {
                 tasks
             }
         };
-        self.drained
-            .store(tasks.len() < self.config.batch_size, Ordering::Relaxed);
+        self.fetched.store(tasks.len(), Ordering::Relaxed);
         Ok(tasks)
     }
 
@@ -338,45 +337,84 @@ impl Persistence for ActionFetch {
 /// and the wake of a slot waiter
 /// ([`wake_slot_waiters`](shared::db::limits::wake_slot_waiters)); jobs due
 /// later (retries, snoozes, rescued orphans) are found by the tick. Such a
-/// look starts no sooner than a cooldown after the previous fetch started
-/// (`QUEUE_FETCH_COOLDOWN_MS`), so the notifications of a busy moment are
-/// answered by one fetch that takes all their jobs, and their claims and
-/// outcomes share transactions too.
+/// look starts no sooner than a cooldown after the previous fetch started,
+/// so under load the notifications of a busy moment are answered by one
+/// fetch that takes all their jobs, and their claims and outcomes share
+/// transactions too. The cooldown follows the load (`FetchCooldown`).
 pub struct ActionQueue {
     persistence: Persisted<ActionFetch>,
     codec: JsonCodec,
     wake: WakeUp<Pubsub>,
-    drained: Arc<AtomicBool>,
+    fetched: Arc<AtomicUsize>,
     woken: bool,
     cooldown: FetchCooldown,
 }
 
-/// The least time between the starts of two fetches that a wake asked for
-/// (`QUEUE_FETCH_COOLDOWN_MS`): the wakes that come sooner wait for its
-/// end and are answered by one fetch.
+/// The least time between the starts of two fetches that a wake asked for:
+/// the wakes that come sooner wait for its end and are answered by one
+/// fetch. It follows the load, waiting at most `most`
+/// (`QUEUE_FETCH_COOLDOWN_MS`):
+/// - after a fetch of fewer than `full_at` jobs
+///   (`QUEUE_FETCH_COOLDOWN_FULL_AT`), that share of `most`: a quiet
+///   system's fetches take a job or none, and its next job waits a
+///   sixteenth of the cooldown or nothing;
+/// - and never longer than the jobs' pace, as the last fetch saw it, takes
+///   to bring `enough` more (half a fetch): near saturation the whole
+///   cooldown held back a worker whose fetches were already large (one
+///   worker kept up with 3,279 tickets/s instead of 3,758).
+///
+/// In between, under load, each fetch waits the whole cooldown and takes
+/// many jobs, which saves the fetches, claims and outcome transactions of
+/// smaller batches (BENCHMARKS.md, "A fetch cooldown that follows the
+/// load").
 struct FetchCooldown {
-    every: Duration,
+    most: Duration,
+    full_at: usize,
+    enough: usize,
+    /// When the last fetch started, and the one before it.
     last_start: Option<tokio::time::Instant>,
+    previous_start: Option<tokio::time::Instant>,
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl FetchCooldown {
-    /// A cooldown of `every`; `0` never waits.
-    fn new(every: Duration) -> Self {
+    /// A cooldown of at most `most`, the whole of it after a fetch of
+    /// `full_at` jobs (at least 1), and no longer than `enough` more jobs
+    /// take to come; `0` never waits.
+    fn new(most: Duration, full_at: usize, enough: usize) -> Self {
         Self {
-            every,
+            most,
+            full_at: full_at.max(1),
+            enough: enough.max(1),
             last_start: None,
+            previous_start: None,
             timer: None,
         }
     }
 
-    /// Ready when a fetch may start now; else pending, with `cx`'s waker
-    /// held by a timer set to the moment it may.
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// The cooldown after a fetch that took `took` jobs, which came in the
+    /// `since` between the start of the fetch before it and its own.
+    fn after(&self, took: usize, since: Option<Duration>) -> Duration {
+        let share = u32::try_from(took.min(self.full_at)).unwrap_or(u32::MAX);
+        let whole = u32::try_from(self.full_at).unwrap_or(u32::MAX);
+        let cooldown = self.most * share / whole;
+        let enough = u32::try_from(self.enough).unwrap_or(u32::MAX);
+        match (since, u32::try_from(took)) {
+            // The time `enough` more jobs take at that pace.
+            (Some(since), Ok(took)) if took > 0 => cooldown.min(since * enough / took),
+            _ => cooldown,
+        }
+    }
+
+    /// Ready when a fetch may start now, after one that took `took` jobs;
+    /// else pending, with `cx`'s waker held by a timer set to the moment it
+    /// may.
+    fn poll_ready(&mut self, cx: &mut Context<'_>, took: usize) -> Poll<()> {
         let Some(last) = self.last_start else {
             return Poll::Ready(());
         };
-        let due = last + self.every;
+        let since = self.previous_start.map(|previous| last - previous);
+        let due = last + self.after(took, since);
         if tokio::time::Instant::now() >= due {
             return Poll::Ready(());
         }
@@ -390,7 +428,8 @@ impl FetchCooldown {
     }
 
     fn started(&mut self) {
-        if !self.every.is_zero() {
+        if !self.most.is_zero() {
+            self.previous_start = self.last_start;
             self.last_start = Some(tokio::time::Instant::now());
         }
     }
@@ -400,8 +439,9 @@ impl ActionQueue {
     /// The queue named in `config`, read through `pool`; claims made at
     /// fetch time go to `preclaimed`, and the acks of jobs in `finished`
     /// are skipped. `wake` says when to look again after a fetch that
-    /// drained the queue, and no such look starts sooner than `cooldown`
-    /// after the previous fetch started.
+    /// drained the queue, and no such look starts sooner than its cooldown
+    /// after the previous fetch started: `cooldown` after a fetch of
+    /// `cooldown_full_at` jobs or more, that share of it after one of fewer.
     #[must_use]
     pub fn new(
         pool: &PgPool,
@@ -410,21 +450,24 @@ impl ActionQueue {
         finished: Arc<Finished>,
         wake: WakeUp<Pubsub>,
         cooldown: Duration,
+        cooldown_full_at: usize,
     ) -> Self {
-        let drained = Arc::new(AtomicBool::new(false));
+        // As if the last fetch had been full: the first one goes at once.
+        let fetched = Arc::new(AtomicUsize::new(config.batch_size));
+        let enough = config.batch_size / 2;
         Self {
             persistence: Persisted::new(ActionFetch {
                 pool: pool.clone(),
                 config,
                 preclaimed,
                 finished,
-                drained: drained.clone(),
+                fetched: fetched.clone(),
             }),
             codec: JsonCodec::default(),
             wake,
-            drained,
+            fetched,
             woken: false,
-            cooldown: FetchCooldown::new(cooldown),
+            cooldown: FetchCooldown::new(cooldown, cooldown_full_at, enough),
         }
     }
 }
@@ -455,8 +498,9 @@ impl Backend for ActionQueue {
             if matches!(self.persistence.state(), State::Ready) {
                 // After a fetch that drained the queue: only when a wake
                 // asked for a look, and not before the cooldown's end.
-                if self.drained.load(Ordering::Relaxed)
-                    && (!self.woken || self.cooldown.poll_ready(cx).is_pending())
+                let took = self.fetched.load(Ordering::Relaxed);
+                if took < self.persistence.config.batch_size
+                    && (!self.woken || self.cooldown.poll_ready(cx, took).is_pending())
                 {
                     return Poll::Pending;
                 }
@@ -527,32 +571,63 @@ mod tests {
         let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut cooldown = FetchCooldown::new(Duration::from_millis(100));
+        let mut cooldown = FetchCooldown::new(Duration::from_millis(100), 1, 128);
 
-        assert!(cooldown.poll_ready(&mut cx).is_ready(), "no fetch yet");
+        assert!(cooldown.poll_ready(&mut cx, 1).is_ready(), "no fetch yet");
         cooldown.started();
-        assert!(cooldown.poll_ready(&mut cx).is_pending());
+        assert!(cooldown.poll_ready(&mut cx, 1).is_pending());
         assert_eq!(counter.0.load(Ordering::SeqCst), 0);
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(
             counter.0.load(Ordering::SeqCst) > 0,
             "the cooldown's end woke the task"
         );
-        assert!(cooldown.poll_ready(&mut cx).is_ready());
+        assert!(cooldown.poll_ready(&mut cx, 1).is_ready());
 
         // The next fetch's cooldown runs from its own start.
         cooldown.started();
-        assert!(cooldown.poll_ready(&mut cx).is_pending());
+        assert!(cooldown.poll_ready(&mut cx, 1).is_pending());
+    }
+
+    #[tokio::test]
+    async fn the_cooldown_is_the_share_of_a_full_fetch_the_last_fetch_took() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut cooldown = FetchCooldown::new(Duration::from_millis(1600), 16, 128);
+        assert_eq!(cooldown.after(0, None), Duration::ZERO);
+        assert_eq!(cooldown.after(1, None), Duration::from_millis(100));
+        assert_eq!(cooldown.after(8, None), Duration::from_millis(800));
+        assert_eq!(cooldown.after(16, None), Duration::from_millis(1600));
+        assert_eq!(cooldown.after(256, None), Duration::from_millis(1600));
+        // Never longer than 128 more jobs take at the last fetch's pace:
+        // 256 jobs in 1 s bring 128 in 500 ms; 32 in 1 s, in 4 s, so the
+        // whole cooldown; one job in 10 s, its share.
+        let since = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(cooldown.after(256, since(1000)), Duration::from_millis(500));
+        assert_eq!(cooldown.after(32, since(1000)), Duration::from_millis(1600));
+        assert_eq!(cooldown.after(1, since(10_000)), Duration::from_millis(100));
+        assert_eq!(cooldown.after(0, since(1)), Duration::ZERO);
+
+        // After an empty fetch (another worker took the job) the next may
+        // start at once; after one job, 100 ms later; after a full one,
+        // 1.6 s later.
+        cooldown.started();
+        assert!(cooldown.poll_ready(&mut cx, 0).is_ready());
+        assert!(cooldown.poll_ready(&mut cx, 1).is_pending());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(cooldown.poll_ready(&mut cx, 1).is_ready());
+        assert!(cooldown.poll_ready(&mut cx, 16).is_pending());
+        assert!(cooldown.poll_ready(&mut cx, 300).is_pending());
     }
 
     #[tokio::test]
     async fn without_a_cooldown_every_fetch_may_start_at_once() {
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let mut cooldown = FetchCooldown::new(Duration::ZERO);
+        let mut cooldown = FetchCooldown::new(Duration::ZERO, 16, 128);
         cooldown.started();
-        assert!(cooldown.poll_ready(&mut cx).is_ready());
+        assert!(cooldown.poll_ready(&mut cx, 16).is_ready());
         cooldown.started();
-        assert!(cooldown.poll_ready(&mut cx).is_ready());
+        assert!(cooldown.poll_ready(&mut cx, 16).is_ready());
     }
 }

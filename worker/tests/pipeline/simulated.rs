@@ -425,21 +425,18 @@ async fn a_worker_that_drained_the_queue_looks_again_on_a_notification_or_its_ti
     assert!(looked >= f64::from(tickets), "{looked} fetches");
 }
 
-#[sqlx::test(migrations = false)]
-async fn notifications_within_the_fetch_cooldown_are_answered_by_one_fetch_at_its_end(
-    pool: PgPool,
-) {
-    // A second of cooldown and a tick far apart: the tickets below come
-    // within the cooldown of the fetch the first one started.
+/// A worker settled with a second of fetch cooldown (`env` adds to it) and
+/// a tick far apart, so every pickup is a notification's; after a
+/// cooldown's rest, six tickets posted `apart`. Returns the fetches they
+/// took and each one's wait from POST to EXECUTED, in seconds.
+async fn six_tickets_apart(pool: PgPool, env: &[(&str, &str)], apart: Duration) -> (f64, Vec<f64>) {
     let cooldown = Duration::from_secs(1);
-    let (system, token, pan) = settled_worker(
-        pool,
-        &[
-            ("QUEUE_FETCH_COOLDOWN_MS", "1000"),
-            ("QUEUE_POLL_INTERVAL_MS", "20000"),
-        ],
-    )
-    .await;
+    let mut env = env.to_vec();
+    env.extend([
+        ("QUEUE_FETCH_COOLDOWN_MS", "1000"),
+        ("QUEUE_POLL_INTERVAL_MS", "20000"),
+    ]);
+    let (system, token, pan) = settled_worker(pool, &env).await;
     // A cooldown's rest, so the next ticket is fetched at once.
     tokio::time::sleep(cooldown + Duration::from_millis(200)).await;
     let before = fetches(&system).await;
@@ -453,16 +450,10 @@ async fn notifications_within_the_fetch_cooldown_are_answered_by_one_fetch_at_it
             )
             .await;
         ids.push(ticket["id"].as_str().unwrap().to_owned());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(apart).await;
     }
     system.wait_all_terminal(Duration::from_secs(15)).await;
     let looked = fetches(&system).await - before;
-    // The first ticket's fetch, then one for the five that came within
-    // the cooldown: not one each.
-    assert!(
-        (2.0..=3.0).contains(&looked),
-        "{looked} fetches for 6 tickets within a cooldown"
-    );
     let waits: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM executed_at - created_at)::float8 FROM tickets
          WHERE id = ANY($1::uuid[]) ORDER BY created_at",
@@ -472,6 +463,28 @@ async fn notifications_within_the_fetch_cooldown_are_answered_by_one_fetch_at_it
     .await
     .unwrap();
     assert_eq!(waits.len(), 6);
+    system.assert_invariants().await;
+    (looked, waits)
+}
+
+#[sqlx::test(migrations = false)]
+async fn notifications_within_the_fetch_cooldown_are_answered_by_one_fetch_at_its_end(
+    pool: PgPool,
+) {
+    // The whole cooldown after a fetch of one job: the tickets after the
+    // first come within the cooldown of the fetch the first one started.
+    let (looked, waits) = six_tickets_apart(
+        pool,
+        &[("QUEUE_FETCH_COOLDOWN_FULL_AT", "1")],
+        Duration::from_millis(50),
+    )
+    .await;
+    // The first ticket's fetch, then one for the five that came within
+    // the cooldown: not one each.
+    assert!(
+        (2.0..=3.0).contains(&looked),
+        "{looked} fetches for 6 tickets within a cooldown"
+    );
     // The first went at once; the last waited for the cooldown's end, not
     // for the tick (20 s).
     assert!(waits[0] < 0.9, "the first ticket waited {} s", waits[0]);
@@ -480,5 +493,22 @@ async fn notifications_within_the_fetch_cooldown_are_answered_by_one_fetch_at_it
         "the last ticket waited {} s",
         waits[5]
     );
-    system.assert_invariants().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn after_a_fetch_of_one_job_the_next_waits_its_share_of_the_cooldown_only(pool: PgPool) {
+    // The whole cooldown after a fetch of 16 jobs (the default): after a
+    // fetch of one job the next waits 62.5 ms. Tickets 100 ms apart, a
+    // quiet system's pace, each come after that share and are fetched at
+    // once. With the whole cooldown after every fetch, the second would
+    // have waited 0.9 s and the five after the first shared one fetch.
+    let (looked, waits) = six_tickets_apart(pool, &[], Duration::from_millis(100)).await;
+    assert!(
+        (4.0..=8.0).contains(&looked),
+        "{looked} fetches for 6 tickets 100 ms apart"
+    );
+    assert!(
+        waits.iter().all(|w| *w < 0.6),
+        "a ticket waited for more than a share of the cooldown: {waits:?} s"
+    );
 }
